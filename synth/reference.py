@@ -5,8 +5,10 @@ exactly, in float64, with modes at or above Nyquist dropped. No recursion, no
 state: this is what the real-time voice and the torch twin are checked against.
 
 Loudness convention shared by every renderer: a hit is scaled so that its
-largest sample magnitude is ``velocity`` (``peak`` normalization, found by
-:func:`peak_amplitude` over the whole hit, not just the rendered part).
+largest sample magnitude is ``velocity``. Here and in the voice that peak is
+found over the whole hit by :func:`peak_amplitude`; the torch twin divides by
+the largest sample it rendered, which is the same peak whenever the render
+covers the attack (from ~256 samples on for every valid membrane).
 """
 
 from __future__ import annotations

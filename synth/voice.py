@@ -18,7 +18,7 @@ import numpy as np
 from . import kernels
 from .ftm import FTMConfig, Modes, modal_coefficients
 from .params import NAMES, DrumParams, clamp_theta
-from .reference import audible_modes, peak_amplitude
+from .reference import audible_modes
 
 __all__ = ["DrumVoice", "VoiceBank", "VoicePreset", "IDLE_LEVEL", "RESYNC_EVERY"]
 
@@ -39,8 +39,9 @@ class VoicePreset:
     amp, sigma, omega : float64 arrays ``[K]``
         Live modes only (below Nyquist, off the nodal lines): amplitude,
         decay rate (1/s), angular frequency (rad/s).
-    pr, pi : float64 arrays ``[STRIDE, K]``
-        Rotation powers for the kernel.
+    coef : float64 array ``[3, K]``
+        Recursion coefficients ``a``, ``b`` and the pre-onset state (see
+        :func:`synth.kernels.recursion_coefficients`).
     peak : float
         Largest magnitude of the unnormalized hit; gain = velocity / peak.
     """
@@ -50,8 +51,7 @@ class VoicePreset:
     amp: np.ndarray
     sigma: np.ndarray
     omega: np.ndarray
-    pr: np.ndarray
-    pi: np.ndarray
+    coef: np.ndarray
     peak: float
 
     @property
@@ -72,11 +72,13 @@ class VoicePreset:
         modes = modal_coefficients(params.to_array(), config)
         keep = audible_modes(modes, sr)
         live = Modes(*(np.ascontiguousarray(a[keep]) for a in modes))
-        pr = np.empty((kernels.STRIDE, live.omega.shape[0]))
-        pi = np.empty_like(pr)
-        kernels.rotation_powers(live.sigma, live.omega, 1.0 / sr, pr, pi)
-        peak = peak_amplitude(live, sr)
-        return cls(params, float(sr), live.gain, live.sigma, live.omega, pr, pi, peak)
+        k = live.omega.shape[0]
+        coef = np.empty((3, k))
+        kernels.recursion_coefficients(live.sigma, live.omega, 1.0 / sr, coef)
+        peak = np.zeros(1)
+        kernels.peak_search(live.gain, live.sigma, coef, np.empty(k), np.empty(k),
+                            np.empty(2048), 1.0 / sr, peak)
+        return cls(params, float(sr), live.gain, live.sigma, live.omega, coef, float(peak[0]))
 
 
 class VoiceBank:
@@ -104,21 +106,16 @@ class VoiceBank:
         self.config = config
         self.resync_every = int(resync_every)
         v, k = n_voices, config.n_modes
-        self.zr = np.zeros((v, k))
-        self.zi = np.zeros((v, k))
-        self.pr = np.zeros((v, kernels.STRIDE, k))
-        self.pi = np.zeros((v, kernels.STRIDE, k))
-        self.amp = np.zeros((v, k))
-        self.sigma = np.zeros((v, k))
-        self.omega = np.zeros((v, k))
-        self.n = np.zeros(v, np.int64)
-        self.gain = np.zeros(v)
-        self.age = np.zeros(v, np.int64)
-        self.sync = np.zeros(v, np.int64)
-        self.active = np.zeros(v, np.uint8)
-        self.level = np.zeros(v)
-        self._state = (self.zr, self.zi, self.pr, self.pi, self.amp, self.sigma, self.omega,
-                       self.n, self.gain, self.age, self.sync, self.active, self.level)
+        # Three arrays hold everything (layout in synth.kernels); the named
+        # attributes below are views for reading from Python.
+        self.modes = np.zeros((v, kernels.MODE_ROWS, k))
+        self.vf = np.zeros((v, kernels.VOICE_FLOATS))
+        self.vi = np.zeros((v, kernels.VOICE_INTS), np.int64)
+        self.active = self.vi[:, kernels.ACTIVE]
+        self.age = self.vi[:, kernels.AGE]
+        self.sync = self.vi[:, kernels.SYNC]
+        self.idle = self.vi[:, kernels.IDLE]
+        self.level = self.vf[:, kernels.LEVEL]
         self._inv_sr = 1.0 / self.sr
         kernels.warm_up()
 
@@ -132,13 +129,30 @@ class VoiceBank:
         ``velocity`` in ``[0, 1]`` is the peak level of the hit; values outside
         are clamped and NaN plays silence. Allocation-free; never raises for a
         preset built at this bank's sample rate.
+
+        Raises
+        ------
+        ValueError
+            If ``slot`` is outside the bank, or the preset was built for
+            another sample rate or has more modes than the bank holds (a
+            programming error: the kernel has no bounds checks, so this is
+            checked here).
         """
-        vel = min(max(velocity, 0.0), 1.0) if velocity == velocity else 0.0
-        kernels.bank_start(slot, preset.n_modes, preset.amp, preset.sigma, preset.omega,
-                           preset.pr, preset.pi, vel / preset.peak, *self._state)
+        if not -self.n_voices <= slot < self.n_voices:
+            raise ValueError(f"slot {slot} is outside this bank; allowed 0..{self.n_voices - 1}")
+        if preset.sr != self.sr or preset.n_modes > self.modes.shape[2]:
+            raise ValueError(f"preset ({preset.n_modes} modes at {preset.sr:g} Hz) does not fit "
+                             f"this bank ({self.modes.shape[2]} modes at {self.sr:g} Hz)")
+        vel = float(velocity)
+        vel = min(max(vel, 0.0), 1.0) if vel == vel else 0.0
+        kernels.bank_start(slot % self.n_voices, preset.n_modes, preset.amp, preset.sigma,
+                           preset.omega, preset.coef, vel / preset.peak, self._inv_sr,
+                           IDLE_LEVEL, self.resync_every, self.modes, self.vf, self.vi)
 
     def stop(self, slot: int) -> None:
         """Silence voice ``slot`` at once (no fade)."""
+        if not -self.n_voices <= slot < self.n_voices:
+            raise ValueError(f"slot {slot} is outside this bank; allowed 0..{self.n_voices - 1}")
         self.active[slot] = 0
 
     def render_into(self, out: np.ndarray) -> None:
@@ -149,7 +163,7 @@ class VoiceBank:
         out : float32 or float64 array ``[n]``, C-contiguous
             A mono block of any size; summed into, not overwritten.
         """
-        kernels.bank_render(out, *self._state, self._inv_sr, self.resync_every, IDLE_LEVEL)
+        kernels.bank_render(out, self.modes, self.vf, self.vi, self._inv_sr, self.resync_every)
 
     @property
     def active_count(self) -> int:
@@ -219,3 +233,11 @@ class DrumVoice:
     def level(self) -> float:
         """Upper bound of the output magnitude after the last block."""
         return float(self._bank.level[0])
+
+    @property
+    def stops_at(self) -> int:
+        """Sample (since the note-on) at which the hit is below -100 dB and stops.
+
+        Fixed at ``note_on``, so it does not depend on the block size.
+        """
+        return int(self._bank.idle[0])
