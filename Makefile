@@ -1,0 +1,51 @@
+# Tympan: `make demo` and `make test` work on a fresh machine (they install first).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU wheel of torch; pinned again in every pip call so pip never swaps it
+# for a newer (multi-GB CUDA) build while resolving other packages.
+TORCH  := torch==2.13.0
+SYSTEM_PACKAGES := libportaudio2 jackd2
+STAMP  := $(VENV)/.installed
+
+.PHONY: install system-packages demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(MAKE) --no-print-directory system-packages
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Tympan needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Pass PYTHON=python3.11 or newer."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet $(TORCH) -e ".[dev]"
+	@touch $(STAMP)
+
+# Audio (PortAudio for sounddevice) and the JACK server used for real-time tests.
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "Tympan needs the system packages: $$missing"; \
+	  echo "install them with: sudo apt-get install $$missing   (then run make again)"; exit 1; \
+	fi
+
+demo: install
+	$(VENV)/bin/tympan demo
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+bench: install
+	$(PY) benchmarks/bench_synth.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results
+	find . -name __pycache__ -prune -exec rm -rf {} +

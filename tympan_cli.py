@@ -1,0 +1,59 @@
+"""The ``tympan`` console script: dispatches to each package's own CLI module.
+
+Subcommand modules are imported lazily, so ``tympan synth`` never imports
+torch or training code. Each module exposes ``main(argv) -> int``.
+Bad input surfaces as one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# subcommand -> (module, one-line help); later packages add their entries.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth.cli", "render single membrane hits to audio files"),
+    "demo": ("synth.demo", "render the showcase presets and a groove to wav files"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: tympan COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'tympan COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"tympan {version('tympan')}")
+        except PackageNotFoundError:
+            print("tympan (not installed)")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"tympan: error: unknown command {name!r}; allowed: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print("tympan: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        # Input and file errors carry their own explanation; a traceback adds nothing.
+        print(f"tympan {name}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
