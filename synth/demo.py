@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from .export import write_audio
 from .presets import PRESETS
-from .voice import VoiceBank, VoicePreset
+from .voice import DrumVoice, VoiceBank, VoicePreset
 
 __all__ = ["main"]
 
@@ -69,8 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Long enough for the hit to fall by 60 dB: ~6.9 tau.
         n = round(min(3.0, 6.9 * p.tau + 0.05) * args.sr)
         audio = np.zeros(n)
-        from .voice import DrumVoice
-
         voice = DrumVoice(args.sr)
         voice.note_on(preset, 0.9)
         voice.render_into(audio)

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .params import _is_torch
+
 __all__ = ["FTMConfig", "Modes", "modal_coefficients", "mode_indices"]
 
 
@@ -111,7 +113,10 @@ def modal_coefficients(theta: Any, config: FTMConfig = FTMConfig()) -> Modes:
         dropped here: whether one is above Nyquist depends on the sample rate,
         which the renderers apply.
     """
-    xp = _namespace(theta)
+    if _is_torch(theta):
+        import torch as xp
+    else:
+        xp = np
     m1_np, m2_np = mode_indices(config)
     k_np = np.sin(m1_np * np.pi * config.x1) * np.sin(m2_np * np.pi * config.x2)
     if xp is np:
@@ -137,10 +142,3 @@ def modal_coefficients(theta: Any, config: FTMConfig = FTMConfig()) -> Modes:
     gain = config.h * k_m * k_m / (omega_m * norm)
     return Modes(omega_m, sigma_m, gain)
 
-
-def _namespace(x: Any) -> Any:
-    if type(x).__module__.startswith("torch"):
-        import torch
-
-        return torch
-    return np

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import kernels
 from .ftm import FTMConfig, Modes, modal_coefficients
-from .params import NAMES, DrumParams, clamp_theta
+from .params import NAMES, DrumParams
 from .reference import audible_modes
 
 __all__ = ["DrumVoice", "VoiceBank", "VoicePreset", "IDLE_LEVEL", "RESYNC_EVERY"]
