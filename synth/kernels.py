@@ -21,8 +21,9 @@ Bank layout (``V`` voices, ``K`` modes at most):
 - ``modes``  float64 ``[V, 7, K]``: rows :data:`Y0` (``y[k-1]``), :data:`Y1`
   (``y[k]``, the next sample out), :data:`A`, :data:`B`, :data:`AMP`,
   :data:`SIG` (decay rate, 1/s), :data:`OMG` (angular frequency, rad/s).
-- ``vf``     float64 ``[V, 4]``: :data:`GAIN` (velocity / peak), :data:`BOUND`
-  (``gain * sum |amp|``), :data:`SLOW` (slowest decay rate), :data:`LEVEL`.
+- ``vf``     float64 ``[V, 6]``: :data:`GAIN` (velocity / peak), :data:`BOUND`
+  (``gain * sum |amp|``), :data:`SLOW` (slowest decay rate), :data:`LEVEL`,
+  :data:`PAN_L`, :data:`PAN_R` (channel gains of a stereo render).
 - ``vi``     int64 ``[V, 5]``: :data:`N` (live modes), :data:`AGE` (samples since
   onset), :data:`SYNC` (samples since resync), :data:`IDLE` (age at which the
   voice stops), :data:`ACTIVE` (1 while sounding).
@@ -35,14 +36,15 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["bank_render", "bank_start", "peak_search", "recursion_coefficients", "warm_up",
+__all__ = ["bank_release", "bank_render", "bank_start", "peak_search", "recursion_coefficients",
+           "warm_up",
            "MODE_ROWS", "VOICE_FLOATS", "VOICE_INTS"]
 
 STRIDE = 8                      # samples advanced per pass over the modes
 Y0, Y1, A, B, AMP, SIG, OMG = range(7)
 MODE_ROWS = 7
-GAIN, BOUND, SLOW, LEVEL = range(4)
-VOICE_FLOATS = 4
+GAIN, BOUND, SLOW, LEVEL, PAN_L, PAN_R = range(6)
+VOICE_FLOATS = 6
 N, AGE, SYNC, IDLE, ACTIVE = range(5)
 VOICE_INTS = 5
 _NEVER = 1 << 62                # idle age of a voice that never decays (samples)
@@ -75,8 +77,9 @@ def recursion_coefficients(sigma, omega, inv_sr, coef):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _advance(out, y0, y1, a, b, n, g):
-    # Adds g * sum_m y_m[k], k = 0..len(out)-1, into out and advances the state.
+def _advance(out, right, y0, y1, a, b, n, g, g_right):
+    # Adds g * sum_m y_m[k] into out and g_right * sum_m y_m[k] into right
+    # (k = 0..len(out)-1; mono passes right = out, g_right = 0), advancing the state.
     size = out.shape[0]
     k = 0
     while k + STRIDE <= size:
@@ -118,6 +121,14 @@ def _advance(out, y0, y1, a, b, n, g):
         out[k + 5] += g * c5
         out[k + 6] += g * c6
         out[k + 7] += g * c7
+        right[k] += g_right * c0
+        right[k + 1] += g_right * c1
+        right[k + 2] += g_right * c2
+        right[k + 3] += g_right * c3
+        right[k + 4] += g_right * c4
+        right[k + 5] += g_right * c5
+        right[k + 6] += g_right * c6
+        right[k + 7] += g_right * c7
         k += STRIDE
     while k < size:
         c0 = 0.0
@@ -127,6 +138,7 @@ def _advance(out, y0, y1, a, b, n, g):
             y1[m] = a[m] * q + b[m] * y0[m]
             y0[m] = q
         out[k] += g * c0
+        right[k] += g_right * c0
         k += 1
 
 
@@ -144,8 +156,8 @@ def _resync(state, n, age, inv_sr):
 
 
 @nb.njit(cache=True, nogil=True)
-def bank_start(slot, n, amp, sigma, omega, coef, gain, inv_sr, idle_level, resync_every,
-               modes, vf, vi):
+def bank_start(slot, n, amp, sigma, omega, coef, gain, pan_l, pan_r, inv_sr, idle_level,
+               resync_every, modes, vf, vi):
     """Start (or restart) voice ``slot`` of a bank from a prepared preset.
 
     Parameters
@@ -160,6 +172,8 @@ def bank_start(slot, n, amp, sigma, omega, coef, gain, inv_sr, idle_level, resyn
         From :func:`recursion_coefficients`.
     gain : float
         Output gain of the voice (velocity / peak of the hit).
+    pan_l, pan_r : float
+        Channel gains applied on top of ``gain`` in a stereo render.
     inv_sr : float
         ``1 / sr`` in seconds.
     idle_level : float
@@ -200,6 +214,8 @@ def bank_start(slot, n, amp, sigma, omega, coef, gain, inv_sr, idle_level, resyn
     vf[slot, BOUND] = gain * total
     vf[slot, SLOW] = slow
     vf[slot, LEVEL] = gain * total
+    vf[slot, PAN_L] = pan_l
+    vf[slot, PAN_R] = pan_r
     vi[slot, N] = n
     vi[slot, AGE] = 0
     # Stagger resynchronizations by slot: hits struck in the same block would
@@ -215,8 +231,9 @@ def bank_render(out, modes, vf, vi, inv_sr, resync_every):
 
     Parameters
     ----------
-    out : float32 or float64 array ``[n]``
-        Mono block; voices are added into it (any ``n >= 0``).
+    out : float32 or float64 array ``[C, n]``, ``C`` = 1 (mono) or 2 (stereo)
+        Voices are added into it (any ``n >= 0``); in stereo each voice is
+        weighted by its ``PAN_L`` / ``PAN_R`` gains.
     modes, vf, vi : the bank's state (see the module docstring), updated.
         ``vf[:, LEVEL]`` is written: an upper bound of each voice's output
         magnitude from now on (``gain * sum |amp| exp(-sigma_min t)``), for
@@ -226,7 +243,8 @@ def bank_render(out, modes, vf, vi, inv_sr, resync_every):
     resync_every : int
         Samples between exact resynchronizations of the state.
     """
-    size = out.shape[0]
+    size = out.shape[1]
+    stereo = out.shape[0] > 1
     for v in range(modes.shape[0]):
         if vi[v, ACTIVE] == 0:
             continue
@@ -236,7 +254,13 @@ def bank_render(out, modes, vf, vi, inv_sr, resync_every):
             _resync(state, n, vi[v, AGE], inv_sr)
             vi[v, SYNC] = 0
         count = min(size, vi[v, IDLE] - vi[v, AGE])
-        _advance(out[:count], state[Y0], state[Y1], state[A], state[B], n, vf[v, GAIN])
+        g = vf[v, GAIN]
+        if stereo:
+            _advance(out[0, :count], out[1, :count], state[Y0], state[Y1], state[A], state[B],
+                     n, g * vf[v, PAN_L], g * vf[v, PAN_R])
+        else:
+            _advance(out[0, :count], out[0, :count], state[Y0], state[Y1], state[A], state[B],
+                     n, g, 0.0)
         vi[v, AGE] += count
         vi[v, SYNC] += count
         vf[v, LEVEL] = vf[v, BOUND] * math.exp(-vf[v, SLOW] * vi[v, AGE] * inv_sr)
@@ -244,6 +268,31 @@ def bank_render(out, modes, vf, vi, inv_sr, resync_every):
         if vi[v, AGE] >= vi[v, IDLE] or not abs(state[Y1, 0]) < np.inf:
             vi[v, ACTIVE] = 0
             vf[v, LEVEL] = 0.0
+
+
+@nb.njit(cache=True, nogil=True)
+def bank_release(slot, seconds, inv_sr, idle_level, modes, vf, vi):
+    """Fade voice ``slot`` out with an extra exponential decay of ``seconds``.
+
+    Multiplying every mode's damping factor ``rho`` by ``f = exp(-1/(seconds sr))``
+    is exact in the recursion: ``a -> a f``, ``b -> b f^2`` and the previous
+    state ``y[k-1] -> y[k-1] / f`` make the output ``f^j`` times what it would
+    have been ``j`` samples on. Used for choke groups (no click, ~10 dB per
+    ``seconds * 2.3``). Resynchronization is switched off for the short rest of
+    the voice; it stops once the faded envelope is below ``idle_level``.
+    """
+    if vi[slot, ACTIVE] == 0 or not seconds > 0.0:
+        return
+    state = modes[slot]
+    f = math.exp(-inv_sr / seconds)
+    for m in range(vi[slot, N]):
+        state[A, m] *= f
+        state[B, m] *= f * f
+        state[Y0, m] /= f
+    level = max(vf[slot, LEVEL], idle_level)
+    remaining = int(math.ceil(math.log(level / idle_level) * seconds / inv_sr)) + 1
+    vi[slot, IDLE] = min(vi[slot, IDLE], vi[slot, AGE] + remaining)
+    vi[slot, SYNC] = -_NEVER
 
 
 @nb.njit(cache=True, nogil=True)
@@ -279,7 +328,7 @@ def peak_search(amp, sigma, coef, y0, y1, scratch, inv_sr, result):
     # One hour of audio at most: valid membranes fall silent within seconds.
     while done * inv_sr < 3600.0:
         scratch[:] = 0.0
-        _advance(scratch, y0, y1, coef[0], coef[1], n, 1.0)
+        _advance(scratch, scratch, y0, y1, coef[0], coef[1], n, 1.0, 0.0)
         done += scratch.shape[0]
         for x in scratch:
             peak = max(peak, abs(x))
@@ -301,7 +350,11 @@ def warm_up() -> None:
     modes = np.zeros((1, MODE_ROWS, k))
     vf = np.zeros((1, VOICE_FLOATS))
     vi = np.zeros((1, VOICE_INTS), np.int64)
-    bank_start(0, k, ones, ones, ones, coef, 1.0, inv_sr, 1e-5, 4096, modes, vf, vi)
+    bank_start(0, k, ones, ones, ones, coef, 1.0, 1.0, 1.0, inv_sr, 1e-5, 4096, modes, vf, vi)
     for dtype in (np.float32, np.float64):
-        bank_render(np.zeros(8, dtype), modes, vf, vi, inv_sr, 4096)
+        for channels in (1, 2):
+            buf = np.zeros((channels, 8), dtype)
+            bank_render(buf, modes, vf, vi, inv_sr, 4096)
+            bank_render(buf[:, :4], modes, vf, vi, inv_sr, 4096)  # strided views
+    bank_release(0, 0.005, inv_sr, 1e-5, modes, vf, vi)
     peak_search(ones, ones, coef, np.zeros(k), np.zeros(k), np.zeros(8), inv_sr, np.zeros(1))

@@ -123,12 +123,14 @@ class VoiceBank:
     def n_voices(self) -> int:
         return int(self.active.shape[0])
 
-    def note_on(self, slot: int, preset: VoicePreset, velocity: float = 1.0) -> None:
+    def note_on(self, slot: int, preset: VoicePreset, velocity: float = 1.0,
+                pan: float = 0.0) -> None:
         """Start voice ``slot`` playing ``preset``; restarts it if sounding.
 
         ``velocity`` in ``[0, 1]`` is the peak level of the hit; values outside
-        are clamped and NaN plays silence. Allocation-free; never raises for a
-        preset built at this bank's sample rate.
+        are clamped and NaN plays silence. ``pan`` in ``[-1, 1]`` (left to
+        right, constant power) applies to stereo renders. Allocation-free;
+        never raises for a preset built at this bank's sample rate.
 
         Raises
         ------
@@ -145,9 +147,13 @@ class VoiceBank:
                              f"this bank ({self.modes.shape[2]} modes at {self.sr:g} Hz)")
         vel = float(velocity)
         vel = min(max(vel, 0.0), 1.0) if vel == vel else 0.0
+        pos = float(pan)
+        pos = min(max(pos, -1.0), 1.0) if pos == pos else 0.0
+        angle = (pos + 1.0) * (math.pi / 4.0)
         kernels.bank_start(slot % self.n_voices, preset.n_modes, preset.amp, preset.sigma,
-                           preset.omega, preset.coef, vel / preset.peak, self._inv_sr,
-                           IDLE_LEVEL, self.resync_every, self.modes, self.vf, self.vi)
+                           preset.omega, preset.coef, vel / preset.peak, math.cos(angle),
+                           math.sin(angle), self._inv_sr, IDLE_LEVEL, self.resync_every,
+                           self.modes, self.vf, self.vi)
 
     def stop(self, slot: int) -> None:
         """Silence voice ``slot`` at once (no fade)."""
@@ -155,15 +161,24 @@ class VoiceBank:
             raise ValueError(f"slot {slot} is outside this bank; allowed 0..{self.n_voices - 1}")
         self.active[slot] = 0
 
+    def release(self, slot: int, seconds: float = 0.005) -> None:
+        """Fade voice ``slot`` out with time constant ``seconds`` (choke, no click)."""
+        if not -self.n_voices <= slot < self.n_voices:
+            raise ValueError(f"slot {slot} is outside this bank; allowed 0..{self.n_voices - 1}")
+        kernels.bank_release(slot % self.n_voices, float(seconds), self._inv_sr, IDLE_LEVEL,
+                             self.modes, self.vf, self.vi)
+
     def render_into(self, out: np.ndarray) -> None:
         """Add the next ``len(out)`` samples of every active voice into ``out``.
 
         Parameters
         ----------
-        out : float32 or float64 array ``[n]``, C-contiguous
-            A mono block of any size; summed into, not overwritten.
+        out : float32 or float64 array, ``[n]`` (mono) or ``[2, n]`` (stereo)
+            A block of any size; summed into, not overwritten. Each channel
+            row must be contiguous (a column slice ``buf[:, :n]`` is fine).
         """
-        kernels.bank_render(out, self.modes, self.vf, self.vi, self._inv_sr, self.resync_every)
+        block = out if out.ndim == 2 else out.reshape(1, -1)
+        kernels.bank_render(block, self.modes, self.vf, self.vi, self._inv_sr, self.resync_every)
 
     @property
     def active_count(self) -> int:

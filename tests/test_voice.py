@@ -331,13 +331,13 @@ def _held_voice_error(resync_every: int, minutes: float = 5.0, block: int = 256)
     modes = np.zeros((1, kernels.MODE_ROWS, k))
     vf = np.zeros((1, kernels.VOICE_FLOATS))
     vi = np.zeros((1, kernels.VOICE_INTS), np.int64)
-    kernels.bank_start(0, k, amp, sigma, omega, coef, 1.0, 1.0 / SR, IDLE_LEVEL, resync_every,
-                       modes, vf, vi)
+    kernels.bank_start(0, k, amp, sigma, omega, coef, 1.0, 1.0, 1.0, 1.0 / SR, IDLE_LEVEL,
+                       resync_every, modes, vf, vi)
     n_blocks = int(minutes * 60 * SR) // block
     out = np.zeros(block)
     for _ in range(n_blocks):
         out[:] = 0.0
-        kernels.bank_render(out, modes, vf, vi, 1.0 / SR, resync_every)
+        kernels.bank_render(out[None], modes, vf, vi, 1.0 / SR, resync_every)
     sample = np.arange((n_blocks - 1) * block, n_blocks * block)
     ld = np.longdouble
     phase = omega.astype(ld)[:, None] * sample.astype(ld) / ld(SR)
@@ -389,7 +389,7 @@ _ALLOC_PROBE = textwrap.dedent("""
         pass
 
     @numba.njit
-    def noop_start(i0, i1, a0, a1, a2, a3, f0, f1, f2, i2, a4, a5, a6):
+    def noop_start(i0, i1, a0, a1, a2, a3, f0, f1, f2, f3, f4, i2, a4, a5, a6):
         pass
 
     # Kernels called from inside compiled code: no boundary at all.
@@ -399,11 +399,11 @@ _ALLOC_PROBE = textwrap.dedent("""
             kernels.bank_render(out, modes, vf, vi, inv_sr, resync)
 
     @numba.njit
-    def drive_start(count, k, amp, sigma, omega, coef, gain, inv_sr, idle_level, resync,
-                    modes, vf, vi):
+    def drive_start(count, k, amp, sigma, omega, coef, gain, pan_l, pan_r, inv_sr,
+                    idle_level, resync, modes, vf, vi):
         for i in range(count):
-            kernels.bank_start(i % 3, k, amp, sigma, omega, coef, gain, inv_sr, idle_level,
-                               resync, modes, vf, vi)
+            kernels.bank_start(i % 3, k, amp, sigma, omega, coef, gain, pan_l, pan_r, inv_sr,
+                               idle_level, resync, modes, vf, vi)
 
     # Positive control: the same loop plus one np.empty per block.
     @numba.njit
@@ -418,7 +418,7 @@ _ALLOC_PROBE = textwrap.dedent("""
     bank = VoiceBank(4, sr)
     presets = [VoicePreset.build(DrumParams(f, 0.8, 1e-4, 1e-3, 0.7), sr)
                for f in (50.0, 110.0, 300.0)]
-    out = np.zeros(256)
+    out = np.zeros((1, 256))
 
     def restart():
         for slot, preset in enumerate(presets):
@@ -450,8 +450,8 @@ _ALLOC_PROBE = textwrap.dedent("""
     voice = DrumVoice(sr)
     p = presets[1]
     voice.note_on(p)
-    pargs = (0, p.n_modes, p.amp, p.sigma, p.omega, p.coef, 1.0, 1.0 / sr, IDLE_LEVEL,
-             bank.resync_every)
+    pargs = (0, p.n_modes, p.amp, p.sigma, p.omega, p.coef, 1.0, 0.7, 0.7, 1.0 / sr,
+             IDLE_LEVEL, bank.resync_every)
     vstate = (voice._bank.modes, voice._bank.vf, voice._bank.vi)
     noop_start(*pargs, *vstate)
     result["noop_start"] = delta(lambda: noop_start(*pargs, *vstate), 1000)
@@ -552,3 +552,45 @@ def test_resynchronizations_are_staggered_across_slots():
     # All struck together, yet no two slots resynchronize in the same block of 64.
     due = (RESYNC_EVERY - bank.sync) // 64
     assert len(set(due.tolist())) == 8
+
+
+@pytest.mark.parametrize("pan", [-1.0, -0.3, 0.0, 0.5, 1.0])
+def test_stereo_render_is_the_mono_render_panned_at_constant_power(pan):
+    preset = VoicePreset.build(MID, SR)
+    mono_bank, stereo_bank = VoiceBank(2, SR), VoiceBank(2, SR)
+    mono_bank.note_on(1, preset, 0.8)
+    stereo_bank.note_on(1, preset, 0.8, pan=pan)
+    mono, stereo = np.zeros(3000), np.zeros((2, 3000))
+    for start in range(0, 3000, 65):
+        mono_bank.render_into(mono[start:start + 65])
+        stereo_bank.render_into(stereo[:, start:start + 65])
+    angle = (pan + 1) * math.pi / 4
+    np.testing.assert_allclose(stereo[0], mono * math.cos(angle), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stereo[1], mono * math.sin(angle), rtol=0, atol=1e-12)
+    # constant power: the two channels carry the mono energy
+    assert np.sum(stereo**2) == pytest.approx(np.sum(mono**2), rel=1e-12)
+
+
+def test_release_fades_exactly_and_stops():
+    preset = VoicePreset.build(DrumParams(100.0, 0.8, 1e-4, 1e-3, 0.9), SR)
+    held, faded = VoiceBank(1, SR), VoiceBank(1, SR)
+    held.note_on(0, preset)
+    faded.note_on(0, preset)
+    a, b = np.zeros(1000), np.zeros(1000)
+    held.render_into(a)
+    faded.render_into(b)
+    seconds = 0.005
+    faded.release(0, seconds)
+    n = 4000
+    a, b = np.zeros(n), np.zeros(n)
+    held.render_into(a)
+    faded.render_into(b)
+    # j samples after the release the faded voice is exp(-j / (seconds sr)) times the held one
+    f = np.exp(-np.arange(n) / (seconds * SR))
+    stop = int(np.flatnonzero(b).max()) + 1
+    np.testing.assert_allclose(b[:stop], a[:stop] * f[:stop], rtol=0, atol=1e-12)
+    # and it stops once below -100 dB: ln(level / 1e-5) * seconds, ~60 ms here
+    assert not faded.active[0] and np.all(b[stop:] == 0.0)
+    assert stop / SR < math.log(2.0 / IDLE_LEVEL) * seconds + 1e-3
+    assert np.abs(a[stop - 100:stop] * f[stop - 100:stop]).max() < IDLE_LEVEL
+    faded.release(0, seconds)  # releasing an idle voice is a no-op
