@@ -1,7 +1,7 @@
 """The ``tympan`` console script: dispatches to each package's own CLI module.
 
 Subcommand modules are imported lazily, so ``tympan synth`` never imports
-torch or training code. Each module exposes ``main(argv) -> int``.
+torch or training code. Each entry is a function ``(argv) -> int``.
 Bad input surfaces as one line on stderr and a non-zero exit code.
 """
 
@@ -11,16 +11,19 @@ import importlib
 import sys
 from typing import Sequence
 
-# subcommand -> (module, one-line help); later packages add their entries.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("synth.cli", "render single membrane hits to audio files"),
-    "demo": ("synth.demo", "render the showcase presets and a groove to wav files"),
+# subcommand -> (module, function, one-line help); later packages add their entries.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("synth.cli", "main", "render single membrane hits to audio files"),
+    "demo": ("synth.demo", "main", "render the showcase presets and a groove to wav files"),
+    "devices": ("plugin_host.cli", "devices_main", "list audio outputs and MIDI inputs"),
+    "play": ("plugin_host.cli", "play_main", "play a kit live from MIDI"),
+    "render": ("plugin_host.cli", "render_main", "render a MIDI file with a kit"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: tympan COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "Run 'tympan COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
@@ -43,13 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tympan: error: unknown command {name!r}; allowed: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, function, _ = COMMANDS[name]
+    entry = getattr(importlib.import_module(module_name), function)
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except KeyboardInterrupt:
         print("tympan: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         # Input and file errors carry their own explanation; a traceback adds nothing.
         print(f"tympan {name}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1

@@ -111,7 +111,7 @@ def test_failed_write_keeps_the_existing_file(tmp_path):
 
 def test_unknown_command_and_help():
     r = tympan("bogus")
-    assert r.returncode == 2 and "unknown command 'bogus'; allowed: synth, demo" in r.stderr
+    assert r.returncode == 2 and "unknown command 'bogus'; allowed: synth, demo, devices" in r.stderr
     r = tympan("--help")
     assert r.returncode == 0 and "synth" in r.stdout and "demo" in r.stdout
     r = tympan("synth", "render", "--help")

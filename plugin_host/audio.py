@@ -1,0 +1,122 @@
+"""Audio output: the engine driven by a sounddevice (PortAudio) stream.
+
+The callback renders into a preallocated buffer, copies it to ``outdata``,
+never raises (an exception yields a silent block and a counter) and counts
+underflows reported by the device. Callback durations go into a
+preallocated ring for the status line and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .engine import Engine
+
+__all__ = ["AudioError", "AudioOutput", "list_devices"]
+
+
+class AudioError(RuntimeError):
+    """No usable audio device, or the stream could not be opened."""
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """Output devices: name, host API, channels, default sample rate."""
+    import sounddevice as sd
+
+    apis = sd.query_hostapis()
+    return [{"index": i, "name": d["name"], "api": apis[d["hostapi"]]["name"],
+             "channels": d["max_output_channels"], "samplerate": d["default_samplerate"]}
+            for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] > 0]
+
+
+class AudioOutput:
+    """A stereo output stream playing ``engine``.
+
+    Parameters
+    ----------
+    engine : Engine
+        The block processor; its sample rate must equal the device's.
+    device : str or int, optional
+        Output device name (substring) or index; default the system default.
+    blocksize : int
+        Frames per callback.
+    latency : str or float
+        PortAudio's suggested latency ("low", "high" or seconds).
+    """
+
+    def __init__(self, engine: Engine, device: str | int | None = None, blocksize: int = 128,
+                 latency: str | float = "low", history: int = 1 << 16):
+        import sounddevice as sd
+
+        if not (isinstance(blocksize, int) and 1 <= blocksize <= engine.max_block):
+            raise AudioError(f"blocksize {blocksize!r}: allowed 1..{engine.max_block} frames")
+        self.engine = engine
+        self.blocksize = blocksize
+        self._buffer = np.zeros((2, blocksize), np.float32)
+        self.callback_ns = np.zeros(history, np.int64)   # ring of callback durations
+        self.callbacks = 0
+        self.underflows = 0
+        self.errors = 0
+        # Events arriving now are scheduled one block ahead: constant latency,
+        # their relative timing kept to the sample.
+        engine.latency_frames = blocksize
+        try:
+            self.stream = sd.OutputStream(samplerate=engine.sr, blocksize=blocksize,
+                                          device=device, channels=2, dtype="float32",
+                                          latency=latency, callback=self._callback)
+        except Exception as err:  # PortAudioError, ValueError for unknown devices
+            raise AudioError(f"cannot open audio output {device if device is not None else '(default)'!r} "
+                             f"at {engine.sr:g} Hz: {err}") from None
+
+    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        started = time.perf_counter_ns()
+        try:
+            if status.output_underflow:
+                self.underflows += 1
+            block = self._buffer if frames == self.blocksize else self._buffer[:, :frames]
+            self.engine.process(block)
+            outdata[:] = block.T
+        except Exception:
+            outdata.fill(0.0)
+            self.errors += 1
+        self.callback_ns[self.callbacks % self.callback_ns.shape[0]] = \
+            time.perf_counter_ns() - started
+        self.callbacks += 1
+
+    def start(self) -> None:
+        self.stream.start()
+
+    def stop(self) -> None:
+        self.stream.stop()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> "AudioOutput":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        self.close()
+
+    @property
+    def latency(self) -> float:
+        """Output latency reported by the device, seconds."""
+        return float(self.stream.latency)
+
+    @property
+    def cpu_load(self) -> float:
+        """PortAudio's estimate of the callback's share of the real-time budget (0..1)."""
+        return float(self.stream.cpu_load)
+
+    def callback_stats(self) -> dict[str, float]:
+        """p50 / p99 / p99.9 / max callback time (microseconds) over the history."""
+        n = min(self.callbacks, self.callback_ns.shape[0])
+        if n == 0:
+            return {"p50_us": 0.0, "p99_us": 0.0, "p999_us": 0.0, "max_us": 0.0}
+        q = np.quantile(self.callback_ns[:n], [0.5, 0.99, 0.999, 1.0]) / 1000.0
+        return {"p50_us": q[0], "p99_us": q[1], "p999_us": q[2], "max_us": q[3]}

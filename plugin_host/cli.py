@@ -1,0 +1,153 @@
+"""``tympan devices``, ``tympan play``, ``tympan render``: the musician's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["devices_main", "play_main", "render_main"]
+
+
+def _load_kit(path: str | None):
+    from .kit import Kit, load_default_kit
+
+    return load_default_kit() if path is None else Kit.load(path)
+
+
+def devices_main(argv: Sequence[str] | None = None) -> int:
+    """List audio output devices and MIDI input ports per API."""
+    parser = argparse.ArgumentParser(prog="tympan devices",
+                                     description="List audio outputs and MIDI inputs.")
+    parser.parse_args(argv)
+    from .audio import list_devices
+    from .midi import list_all
+
+    print("Audio outputs:")
+    devices = list_devices()
+    for d in devices:
+        print(f"  [{d['index']}] {d['name']}  ({d['api']}, {d['channels']} ch, "
+              f"{d['samplerate']:g} Hz)")
+    if not devices:
+        print("  (none: no sound card, and no JACK server running)")
+    print("MIDI inputs:")
+    for api, ports in list_all().items():
+        if isinstance(ports, str):
+            print(f"  {api}: unavailable: {ports}")
+        elif not ports:
+            print(f"  {api}: no ports (use --midi-in virtual to create one)")
+        else:
+            for i, name in enumerate(ports):
+                print(f"  {api} [{i}] {name}")
+    return 0
+
+
+def play_main(argv: Sequence[str] | None = None) -> int:
+    """Play the kit live from MIDI until interrupted."""
+    parser = argparse.ArgumentParser(prog="tympan play",
+                                     description="Play a kit live: MIDI in, audio out.")
+    parser.add_argument("--kit", metavar="FILE", help="kit file (default: the General MIDI kit)")
+    parser.add_argument("--midi-api", metavar="API",
+                        help="MIDI system: jack, alsa, coremidi, winmm (default: JACK if a "
+                             "server runs, else the platform's)")
+    parser.add_argument("--midi-in", default="virtual", metavar="NAME|INDEX|virtual",
+                        help="input port by name, substring or index, or 'virtual' to "
+                             "create a port others connect to (default)")
+    parser.add_argument("--audio-device", metavar="NAME", help="output device (name or index)")
+    parser.add_argument("--sr", type=int, default=48000, help="sample rate in Hz (default 48000)")
+    parser.add_argument("--blocksize", type=int, default=128,
+                        help="frames per audio block (default 128)")
+    parser.add_argument("--polyphony", type=int, default=64, help="voices (default 64)")
+    parser.add_argument("--no-effects", action="store_true", help="bypass the effects chain")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--quiet", action="store_true", help="no status line")
+    args = parser.parse_args(argv)
+    if not 16 <= args.blocksize <= 8192:
+        parser.exit(2, f"tympan play: error: --blocksize {args.blocksize}: allowed 16..8192\n")
+
+    from .audio import AudioOutput
+    from .engine import Engine
+    from .midi import MidiInput, resolve_api
+
+    kit = _load_kit(args.kit)
+    api = resolve_api(args.midi_api)
+    # max_block = the stream's block: the effects chain primes and resets at
+    # that size (a reset is on the callback's error path, so keep it small).
+    engine = Engine(kit, float(args.sr), polyphony=args.polyphony,
+                    effects=not args.no_effects, max_block=args.blocksize)
+    device = int(args.audio_device) if args.audio_device and args.audio_device.isdigit() \
+        else args.audio_device
+    output = AudioOutput(engine, device=device, blocksize=args.blocksize)
+
+    def on_message(data, t: float) -> None:
+        engine.midi(data, engine.frame_at(t))
+
+    midi = MidiInput(api, args.midi_in, on_message)
+    stop = threading.Event()
+    with output:
+        print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "
+              f"{args.sr} Hz, {args.blocksize}-frame blocks, output latency "
+              f"{output.latency * 1000:.1f} ms. Ctrl-C to stop.", flush=True)
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        try:
+            while not stop.wait(0.25):
+                if not args.quiet:
+                    stats = output.callback_stats()
+                    sys.stdout.write(
+                        f"\rvoices {engine.active_voices:3d}  cpu {output.cpu_load * 100:5.1f}%  "
+                        f"callback p99 {stats['p99_us']:7.1f} us  underflows {output.underflows}"
+                        f"  latency {output.latency * 1000:.1f} ms  hits {engine.hits}"
+                        f"  midi {midi.received}  ")
+                    sys.stdout.flush()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            midi.close()
+    print(f"\nstopped: {engine.hits} hits, {output.underflows} underflows, "
+          f"{output.errors} callback errors, {engine.dropped + midi.dropped} events dropped")
+    return 0
+
+
+def render_main(argv: Sequence[str] | None = None) -> int:
+    """Render a MIDI file through the engine to an audio file."""
+    parser = argparse.ArgumentParser(prog="tympan render",
+                                     description="Render a MIDI file with a kit, faster than "
+                                                 "real time, through the live engine.")
+    parser.add_argument("song", metavar="SONG.mid", help="Standard MIDI File (type 0 or 1)")
+    parser.add_argument("--kit", metavar="FILE", help="kit file (default: the General MIDI kit)")
+    parser.add_argument("--sr", type=int, default=48000, help="sample rate in Hz (default 48000)")
+    parser.add_argument("--blocksize", type=int, default=128,
+                        help="frames per block (default 128; the result does not depend on it)")
+    parser.add_argument("--no-effects", action="store_true", help="bypass the effects chain")
+    parser.add_argument("--bit-depth", type=int, choices=(16, 24, 32), default=24,
+                        help="16/24-bit PCM or 32-bit float (wav only); default 24")
+    parser.add_argument("-o", "--out", required=True, metavar="FILE",
+                        help="output audio file (wav, flac, aiff, ogg, mp3)")
+    args = parser.parse_args(argv)
+    if not 8000 <= args.sr <= 384000:
+        parser.exit(2, f"tympan render: error: --sr {args.sr}: allowed 8000..384000 Hz\n")
+    if not 1 <= args.blocksize <= 8192:
+        parser.exit(2, f"tympan render: error: --blocksize {args.blocksize}: allowed 1..8192\n")
+
+    from synth.export import write_audio
+
+    from .render import peak_dbfs, render_midi
+
+    kit = _load_kit(args.kit)
+    if Path(args.out).suffix.lower() not in (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3"):
+        parser.exit(2, f"tympan render: error: cannot write {args.out!r}: allowed extensions "
+                       ".wav, .flac, .aiff, .aif, .ogg, .mp3\n")
+    result = render_midi(args.song, kit, float(args.sr), args.blocksize,
+                         effects=not args.no_effects)
+    path = write_audio(args.out, result.audio, args.sr, args.bit_depth)
+    speed = result.seconds / max(result.render_seconds, 1e-9)
+    print(f"wrote {path}: {result.seconds:.2f} s stereo at {args.sr} Hz, peak "
+          f"{peak_dbfs(result.audio):.1f} dBFS; {result.played} of {result.notes} notes hit a pad; "
+          f"rendered in {result.render_seconds:.2f} s ({speed:.0f}x real time)")
+    return 0
