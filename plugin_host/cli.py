@@ -53,6 +53,10 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--midi-api", metavar="API",
                         help="MIDI system: jack, alsa, coremidi, winmm (default: JACK if a "
                              "server runs, else the platform's)")
+    parser.add_argument("--rtmidi", action="store_true",
+                        help="on JACK, read MIDI through python-rtmidi (events placed to "
+                             "within one JACK period) instead of the sample-accurate "
+                             "JACK-Client input")
     parser.add_argument("--midi-in", default="virtual", metavar="NAME|INDEX|virtual",
                         help="input port by name, substring or index, or 'virtual' to "
                              "create a port others connect to (default)")
@@ -69,12 +73,17 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     if not 16 <= args.blocksize <= 8192:
         parser.exit(2, f"tympan play: error: --blocksize {args.blocksize}: allowed 16..8192\n")
 
+    import rtmidi
+
     from .audio import AudioOutput
     from .engine import Engine
+    from .jack_midi import JackMidiInput, jack_client_available
     from .midi import MidiInput, resolve_api
 
     kit = _load_kit(args.kit)
     api = resolve_api(args.midi_api)
+    native_jack = (api == rtmidi.API_UNIX_JACK and not args.rtmidi
+                   and jack_client_available())
     # max_block = the stream's block: the effects chain primes and resets at
     # that size (a reset is on the callback's error path, so keep it small).
     engine = Engine(kit, float(args.sr), polyphony=args.polyphony,
@@ -86,7 +95,8 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     def on_message(data, t: float) -> None:
         engine.midi(data, engine.frame_at(t))
 
-    midi = MidiInput(api, args.midi_in, on_message)
+    midi = JackMidiInput(args.midi_in, on_message) if native_jack \
+        else MidiInput(api, args.midi_in, on_message)
     stop = threading.Event()
     with output:
         print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "

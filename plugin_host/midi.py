@@ -182,7 +182,71 @@ def is_channel_voice(data: Sequence[int]) -> bool:
             and all(0 <= b < 0x80 for b in data[1:]))
 
 
-class MidiInput:
+class _Gate:
+    """What every MIDI input does with a message: validate, rate-limit, forward.
+
+    Subclasses call :meth:`_deliver` from their backend thread; it never raises.
+    """
+
+    def _init_gate(self, on_message: OnMessage, max_rate: float | None,
+                   burst: int | None) -> None:
+        if not callable(on_message):
+            raise TypeError(f"on_message must be callable, got {on_message!r}")
+        if max_rate is not None and not max_rate > 0:
+            raise ValueError(f"max_rate must be > 0 messages/s or None, got {max_rate!r}")
+        self._on_message = on_message
+        self.max_rate = None if max_rate is None else float(max_rate)
+        self.burst = max(1, int(burst if burst is not None else (self.max_rate or 10) / 10))
+        self.received = self.ignored = self.dropped = self.forwarded = self.errors = 0
+        self.last_error: str | None = None
+        self._tokens, self._t_last = float(self.burst), time.perf_counter()
+
+    def _deliver(self, message: Sequence[int], t: float, now: float) -> None:
+        """Forward ``message`` stamped ``t`` (``now``: arrival, for the rate limit)."""
+        self.received += 1
+        try:
+            if not is_channel_voice(message):
+                self.ignored += 1
+                return
+            if self.max_rate is not None:
+                tokens = min(self.burst, self._tokens + (now - self._t_last) * self.max_rate)
+                self._t_last = now
+                if tokens < 1.0:
+                    self._tokens = tokens
+                    self.dropped += 1
+                    return
+                self._tokens = tokens - 1.0
+            self.forwarded += 1
+            self._on_message(tuple(message), t)
+        except Exception as err:  # the user's callback (or anything odd): count, go on
+            self.errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"
+
+    def stats(self) -> dict[str, int]:
+        return {"received": self.received, "forwarded": self.forwarded,
+                "ignored": self.ignored, "dropped": self.dropped, "errors": self.errors}
+
+
+def find_port(port: int | str, ports: list[str], where: str) -> int:
+    """Index of ``port`` (index, exact name or unique case-insensitive substring) in ``ports``."""
+    listing = (f"available: {', '.join(map(repr, ports))}" if ports else
+               "there are no input ports") + f"; or use {VIRTUAL!r} for a new port"
+    if isinstance(port, int) or port.strip().isdigit():
+        if not 0 <= int(port) < len(ports):
+            raise MidiError(f"MIDI input index {port} out of range {where}; {listing}")
+        return int(port)
+    if port in ports:
+        return ports.index(port)
+    hits = [i for i, name in enumerate(ports) if port.lower() in name.lower()]
+    if not hits:
+        raise MidiError(f"no MIDI input port matches {port!r} {where}; {listing}")
+    if len(hits) > 1:
+        names = ", ".join(repr(ports[i]) for i in hits)
+        raise MidiError(f"MIDI input {port!r} is ambiguous {where}: it matches {names}")
+    return hits[0]
+
+
+class MidiInput(_Gate):
     """An open MIDI input that passes valid channel-voice messages to ``on_message``.
 
     Parameters
@@ -224,19 +288,10 @@ class MidiInput:
                  client_name: str = "Tympan", queue_size: int = 1024,
                  max_rate: float | None = DEFAULT_MAX_RATE, burst: int | None = None,
                  virtual_name: str = DEFAULT_VIRTUAL_PORT) -> None:
-        if not callable(on_message):
-            raise TypeError(f"on_message must be callable, got {on_message!r}")
-        if max_rate is not None and not max_rate > 0:
-            raise ValueError(f"max_rate must be > 0 messages/s or None, got {max_rate!r}")
         if not 1 <= queue_size <= 2**20:
             raise ValueError(f"queue_size must be in [1, 1048576] messages, got {queue_size!r}")
-        self._on_message = on_message
-        self.max_rate = None if max_rate is None else float(max_rate)
-        self.burst = max(1, int(burst if burst is not None else (self.max_rate or 10) / 10))
-        self.received = self.ignored = self.dropped = self.forwarded = self.errors = 0
-        self.last_error: str | None = None
+        self._init_gate(on_message, max_rate, burst)
         self.port_name = ""
-        self._tokens, self._t_last = float(self.burst), time.perf_counter()
         self._closing = False
         self._midi: rtmidi.MidiIn | None = None
         self.api = _checked_api(api) if isinstance(api, int) else resolve_api(api)
@@ -263,22 +318,7 @@ class MidiInput:
             raise
 
     def _find(self, port: int | str, ports: list[str]) -> int:
-        where = f"on {_LABELS.get(self.api_name, self.api_name)}"
-        listing = (f"available: {', '.join(map(repr, ports))}" if ports else
-                   "there are no input ports") + f"; or use {VIRTUAL!r} for a new port"
-        if isinstance(port, int) or port.strip().isdigit():
-            if not 0 <= int(port) < len(ports):
-                raise MidiError(f"MIDI input index {port} out of range {where}; {listing}")
-            return int(port)
-        if port in ports:
-            return ports.index(port)
-        hits = [i for i, name in enumerate(ports) if port.lower() in name.lower()]
-        if not hits:
-            raise MidiError(f"no MIDI input port matches {port!r} {where}; {listing}")
-        if len(hits) > 1:
-            names = ", ".join(repr(ports[i]) for i in hits)
-            raise MidiError(f"MIDI input {port!r} is ambiguous {where}: it matches {names}")
-        return hits[0]
+        return find_port(port, ports, f"on {_LABELS.get(self.api_name, self.api_name)}")
 
     def _open_virtual(self, virtual_name: str, client_name: str) -> str:
         """Open the virtual port; its full name is the one new destination that a
@@ -302,28 +342,10 @@ class MidiInput:
 
     def _on_rtmidi(self, event: tuple[list[int], float], _data: object = None) -> None:
         """rtmidi's callback (backend thread): validate, rate-limit, forward; never raises."""
-        t = time.perf_counter()
         if self._closing:
             return
-        self.received += 1
-        try:
-            message = event[0]
-            if not is_channel_voice(message):
-                self.ignored += 1
-                return
-            if self.max_rate is not None:
-                tokens = min(self.burst, self._tokens + (t - self._t_last) * self.max_rate)
-                self._t_last = t
-                if tokens < 1.0:
-                    self._tokens = tokens
-                    self.dropped += 1
-                    return
-                self._tokens = tokens - 1.0
-            self.forwarded += 1
-            self._on_message(tuple(message), t)
-        except Exception as err:  # the user's callback (or anything odd): count, go on
-            self.errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
+        now = time.perf_counter()
+        self._deliver(event[0], now, now)
 
     @property
     def is_open(self) -> bool:
@@ -332,11 +354,6 @@ class MidiInput:
     @property
     def api_name(self) -> str:
         return _name_of(self.api)
-
-    def stats(self) -> dict[str, int]:
-        """The counters, for a status line."""
-        return {k: getattr(self, k) for k in ("received", "forwarded", "ignored", "dropped",
-                                               "errors")}
 
     def close(self) -> None:
         """Close port and client; idempotent. Order found under a 10 kHz flood: detach

@@ -31,7 +31,12 @@ SPACING_S = 0.35
 
 
 class Recorder:
-    """A JACK client with two inputs writing into a preallocated buffer."""
+    """A JACK client with two inputs writing into a preallocated buffer.
+
+    Each cycle lands at its JACK frame time, so a cycle this (Python) client
+    misses under load leaves a gap of zeros instead of shifting everything
+    after it earlier in time.
+    """
 
     def __init__(self, seconds: float, name: str = "tympan-rec"):
         import jack
@@ -40,16 +45,24 @@ class Recorder:
         self.ports = [self.client.inports.register(f"in_{i}") for i in range(2)]
         self.audio = np.zeros((2, int(seconds * self.client.samplerate)), np.float32)
         self.pos = 0
+        self.start: int | None = None
+        self.missed = 0
         self.recording = threading.Event()
         self.client.set_process_callback(self._process)
 
     def _process(self, frames: int) -> None:
         if not self.recording.is_set():
             return
-        n = min(frames, self.audio.shape[1] - self.pos)
+        now = self.client.last_frame_time
+        if self.start is None:
+            self.start = now
+        at = (now - self.start) & 0xFFFFFFFF          # JACK frame times wrap at 2**32
+        if at > self.pos:
+            self.missed += (at - self.pos) // frames
+        n = max(0, min(frames, self.audio.shape[1] - at))
         for i, port in enumerate(self.ports):
-            self.audio[i, self.pos:self.pos + n] = port.get_array()[:n]
-        self.pos += n
+            self.audio[i, at:at + n] = port.get_array()[:n]
+        self.pos = at + n
 
     def __enter__(self) -> "Recorder":
         self.client.activate()
@@ -64,14 +77,15 @@ def onsets(mono: np.ndarray, hop: int = 128, n: int = 1024) -> list[int]:
     """Hit onsets by spectral flux (robust when hits overlap, as drums do).
 
     Positive log-magnitude differences between 21 ms frames every 2.7 ms,
-    summed over frequency; peaks above max(8 x median, 0.15 x max) at least
-    0.1 s apart. Measured on this loopback: hits give 540-1590, the ringing
-    between them ~60.
+    summed over frequency; peaks above 8 x the median at least 0.1 s apart.
+    Measured on this loopback: hits give 540-1590, the ringing between them
+    ~60, the median ~37. (A threshold tied to the maximum would let one
+    underflow click, with its huge broadband flux, hide real hits.)
     """
     frames = np.lib.stride_tricks.sliding_window_view(mono.astype(np.float64), n)[::hop]
     mag = np.log1p(1000 * np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)))
     flux = np.maximum(mag[1:] - mag[:-1], 0).sum(axis=1)
-    threshold = max(8 * np.median(flux), 0.15 * flux.max())
+    threshold = 8 * np.median(flux)
     peaks: list[int] = []
     for i in range(1, len(flux) - 1):
         if flux[i] > threshold and flux[i] >= flux[i - 1] and flux[i] >= flux[i + 1]:
@@ -121,6 +135,7 @@ def test_tympan_play_through_jack_plays_every_hit_on_the_right_pad(jack_server, 
             time.sleep(1.2)
             rec.recording.clear()
             audio = rec.audio[:, :rec.pos].copy()
+            missed = rec.missed
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -134,19 +149,32 @@ def test_tympan_play_through_jack_plays_every_hit_on_the_right_pad(jack_server, 
     assert summary, stdout + stderr
     hits, underflows, errors, dropped = map(int, summary.groups())
     print(f"\nJACK loopback: {hits} hits, {underflows} underflows over the run, "
-          f"{errors} callback errors, {dropped} dropped")
+          f"{errors} callback errors, {dropped} dropped; recorder missed {missed} cycles")
     assert hits == len(SEQUENCE) and errors == 0 and dropped == 0
 
     mono = audio.sum(axis=0)
     np.save(tmp_path / "loopback.npy", audio)        # kept for inspection on failure
     found = onsets(mono)
-    assert len(found) == len(SEQUENCE), f"found {len(found)} onsets at {found}"
-    # Spacing as actually sent (the sender's clock), within two JACK periods
-    # (MIDI reaches the engine once per period) plus the detector's hop.
-    gaps = np.diff(found) / SR
-    sent = np.diff(reply["times"])
-    print("onset gap - send gap (ms):", np.round((gaps - sent) * 1000, 2).tolist())
-    np.testing.assert_allclose(gaps, sent, rtol=0, atol=(2 * 256 + 128) / SR)
+    # Each hit is the onset nearest to where the send times put it (the first
+    # onset anchors them). Underflows may click and add onsets of their own: such
+    # extras are reported, not failed on (underflows are counted, not forbidden).
+    assert found, "no onset in the recording"
+    sent = np.array(reply["times"]) - reply["times"][0]
+    # Matching window: hits are 350 ms apart, so 25 ms is unambiguous; it allows
+    # for the sender's rtmidi output (one period) and an underflow's slip.
+    tolerance = 0.025
+    matched = []
+    for when in sent:
+        nearest = min(found, key=lambda f: abs((f - found[0]) / SR - when))
+        assert abs((nearest - found[0]) / SR - when) <= tolerance, \
+            f"no onset within {tolerance * 1000:.1f} ms of the hit sent at {when:.3f} s: {found}"
+        matched.append(nearest)
+    assert len(set(matched)) == len(SEQUENCE) and matched == sorted(matched)
+    extra = sorted(set(found) - set(matched))
+    print("onset - send time (ms):",
+          np.round(((np.array(matched) - matched[0]) / SR - sent) * 1000, 2).tolist(),
+          f"; extra onsets (clicks): {len(extra)}")
+    found = matched
     for at, note in zip(found, SEQUENCE):
         f0 = KIT.pads[KIT.pad_index(note)].params.f0
         assert new_partial(mono, at) == pytest.approx(f0, rel=0.03), f"note {note} at {at}"
