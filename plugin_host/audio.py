@@ -61,11 +61,8 @@ class AudioOutput:
         self.underflows = 0
         self.errors = 0
         # Events arriving now are scheduled one block ahead: constant latency,
-        # their relative timing kept to the sample. The effects' own delay
-        # (the limiter's lookahead) is compensated, so a hit is heard exactly
-        # one block after its MIDI event.
-        fx_delay = engine.effects.latency_samples if engine.effects is not None else 0
-        engine.latency_frames = max(0, blocksize - fx_delay)
+        # their relative timing kept to the sample.
+        engine.latency_frames = blocksize
         try:
             self.stream = sd.OutputStream(samplerate=engine.sr, blocksize=blocksize,
                                           device=device, channels=2, dtype="float32",
