@@ -61,7 +61,10 @@ class AudioOutput:
         self.underflows = 0
         self.errors = 0
         # Events arriving now are scheduled one block ahead: constant latency,
-        # their relative timing kept to the sample.
+        # their relative timing kept to the sample. (Scheduling less than a
+        # block ahead to offset the limiter's 12-sample lookahead was measured
+        # to make hits early in a JACK cycle late: the engine's clock is stamped
+        # at the callback's start, not the cycle's.)
         engine.latency_frames = blocksize
         try:
             self.stream = sd.OutputStream(samplerate=engine.sr, blocksize=blocksize,
@@ -109,14 +112,28 @@ class AudioOutput:
         return float(self.stream.latency)
 
     @property
+    def running(self) -> bool:
+        """False once the device stopped the stream by itself (e.g. JACK server gone)."""
+        return bool(self.stream.active)
+
+    @property
     def cpu_load(self) -> float:
         """PortAudio's estimate of the callback's share of the real-time budget (0..1)."""
         return float(self.stream.cpu_load)
 
-    def callback_stats(self) -> dict[str, float]:
-        """p50 / p99 / p99.9 / max callback time (microseconds) over the history."""
+    def callback_stats(self, last: int | None = None) -> dict[str, float]:
+        """p50 / p99 / p99.9 / max callback time (microseconds).
+
+        Over the whole history, or the ``last`` callbacks: a status display
+        should pass a small window, since the quantiles hold the GIL (which
+        the audio callback needs) for ~1 ms over the full 65536 entries.
+        """
         n = min(self.callbacks, self.callback_ns.shape[0])
+        if last is not None:
+            n = min(n, last)
         if n == 0:
             return {"p50_us": 0.0, "p99_us": 0.0, "p999_us": 0.0, "max_us": 0.0}
-        q = np.quantile(self.callback_ns[:n], [0.5, 0.99, 0.999, 1.0]) / 1000.0
+        end = self.callbacks % self.callback_ns.shape[0]
+        idx = (np.arange(end - n, end)) % self.callback_ns.shape[0]
+        q = np.quantile(self.callback_ns[idx], [0.5, 0.99, 0.999, 1.0]) / 1000.0
         return {"p50_us": q[0], "p99_us": q[1], "p999_us": q[2], "max_us": q[3]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -98,15 +99,20 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     midi = JackMidiInput(args.midi_in, on_message) if native_jack \
         else MidiInput(api, args.midi_in, on_message)
     stop = threading.Event()
-    with output:
+    output.start()
+    lost = False
+    try:
         print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "
               f"{args.sr} Hz, {args.blocksize}-frame blocks, output latency "
               f"{output.latency * 1000:.1f} ms. Ctrl-C to stop.", flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         try:
             while not stop.wait(0.25):
+                if not output.running:
+                    lost = True
+                    break
                 if not args.quiet:
-                    stats = output.callback_stats()
+                    stats = output.callback_stats(last=1024)
                     sys.stdout.write(
                         f"\rvoices {engine.active_voices:3d}  cpu {output.cpu_load * 100:5.1f}%  "
                         f"callback p99 {stats['p99_us']:7.1f} us  underflows {output.underflows}"
@@ -119,8 +125,20 @@ def play_main(argv: Sequence[str] | None = None) -> int:
             pass
         finally:
             midi.close()
+    finally:
+        if not lost:
+            output.stop()
+            output.close()
     print(f"\nstopped: {engine.hits} hits, {output.underflows} underflows, "
-          f"{output.errors} callback errors, {engine.dropped + midi.dropped} events dropped")
+          f"{output.errors} callback errors, {engine.dropped + midi.dropped} events dropped, "
+          f"{engine.late} hits late")
+    if lost:
+        # PortAudio's stop/close block forever once the JACK server is gone, and
+        # its shutdown then asserts: report and leave without them.
+        print("tympan play: error: the audio device stopped the stream (JACK server "
+              "gone?); exiting", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     return 0
 
 
