@@ -103,13 +103,3 @@ class JackMidiInput(_Gate):
             with contextlib.suppress(Exception):
                 client.close()
             self._client = None
-
-    def __enter__(self) -> "JackMidiInput":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()

@@ -226,6 +226,19 @@ class _Gate:
         return {"received": self.received, "forwarded": self.forwarded,
                 "ignored": self.ignored, "dropped": self.dropped, "errors": self.errors}
 
+    def close(self) -> None:  # pragma: no cover - every input defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 def find_port(port: int | str, ports: list[str], where: str) -> int:
     """Index of ``port`` (index, exact name or unique case-insensitive substring) in ``ports``."""
@@ -369,16 +382,6 @@ class MidiInput(_Gate):
         midi.close_port()
         midi.delete()
         self._keepalive = None
-
-    def __enter__(self) -> MidiInput:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
