@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 SYSTEM_PACKAGES := libportaudio2 jackd2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench clean
+.PHONY: install system-packages demo test bench bench-host clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_synth.py
+
+# The live host through JACK (starts its own JACK servers; ~8 minutes).
+bench-host: install
+	$(PY) benchmarks/bench_host.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results
