@@ -97,12 +97,10 @@ above the idle rate.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import math
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -113,12 +111,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import plugin_host  # noqa: F401  (installed with pip install -e .)
-except ImportError:
-    sys.path.insert(0, str(ROOT))
-
+from _common import ROOT, machine_base  # noqa: E402  (puts the repository on sys.path)
 from plugin_host.engine import Engine  # noqa: E402
 from plugin_host.kit import load_default_kit  # noqa: E402
 from synth.voice import VoicePreset  # noqa: E402
@@ -183,42 +176,19 @@ def spawn(cmd: list[str], **kw) -> subprocess.Popen:
     return proc
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict:
     import jack
     import pedalboard
     import rtmidi
 
-    info = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "numpy": np.__version__, "jack_client": jack.__version__,
-        "python_rtmidi": rtmidi.__version__, "pedalboard": pedalboard.__version__,
-    }
+    info = machine_base(("synth", "plugin_host"))
+    info.update({"jack_client": jack.__version__, "python_rtmidi": rtmidi.__version__,
+                 "pedalboard": pedalboard.__version__})
     try:
         info["jackd"] = subprocess.run(["jackd", "--version"], capture_output=True, text=True,
                                        timeout=10).stdout.splitlines()[0].strip()
     except (OSError, IndexError, subprocess.TimeoutExpired):
         info["jackd"] = "?"
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "synth",
-                                "plugin_host"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        info["git_commit"] = commit + ("+dirty(synth/plugin_host)" if dirty else "")
-    except Exception:
-        pass
     return info
 
 

@@ -7,7 +7,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Sequence
 
 __all__ = ["devices_main", "play_main", "render_main"]
@@ -163,14 +162,15 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.blocksize <= 8192:
         parser.exit(2, f"tympan render: error: --blocksize {args.blocksize}: allowed 1..8192\n")
 
-    from synth.export import write_audio
+    from synth.export import AudioWriteError, check_destination, write_audio
 
     from .render import peak_dbfs, render_midi
 
     kit = _load_kit(args.kit)
-    if Path(args.out).suffix.lower() not in (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3"):
-        parser.exit(2, f"tympan render: error: cannot write {args.out!r}: allowed extensions "
-                       ".wav, .flac, .aiff, .aif, .ogg, .mp3\n")
+    try:  # before a render that may take a while, not after it
+        check_destination(args.out, args.bit_depth)
+    except AudioWriteError as err:
+        parser.exit(2, f"tympan render: error: {err}\n")
     result = render_midi(args.song, kit, float(args.sr), args.blocksize,
                          effects=not args.no_effects)
     path = write_audio(args.out, result.audio, args.sr, args.bit_depth)

@@ -322,10 +322,8 @@ class Kit:
 
 
 def _check_effects(effects: Any) -> None:
-    try:
-        from .effects import EffectsConfig, EffectsError
-    except ImportError:  # effects chain not available: keep the raw settings
-        return
+    from .effects import EffectsConfig, EffectsError
+
     try:
         EffectsConfig.from_dict(effects)
     except EffectsError as err:

@@ -104,10 +104,6 @@ class VoicePool:
         """Add every sounding voice into ``out`` ``[2, n]`` (or ``[n]`` mono)."""
         self.bank.render_into(out)
 
-    def panic(self) -> None:
-        """Silence every voice at once."""
-        self.bank.active[:] = 0
-
     @property
     def active_count(self) -> int:
         return self.bank.active_count

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AudioWriteError", "FORMATS", "write_audio"]
+__all__ = ["AudioWriteError", "FORMATS", "check_destination", "write_audio"]
 
 # Extension -> bit depths the format accepts (None: lossy, depth not applicable).
 FORMATS: dict[str, tuple[int, ...] | None] = {
@@ -24,6 +24,29 @@ FORMATS: dict[str, tuple[int, ...] | None] = {
 
 class AudioWriteError(OSError):
     """The audio file cannot be written as asked (format, depth, place)."""
+
+
+def check_destination(path: str | os.PathLike[str], bit_depth: int = 24) -> Path:
+    """Check that ``path`` can be written as asked, before any work is done.
+
+    Raises
+    ------
+    AudioWriteError
+        Unknown extension, a bit depth the format lacks, or a missing folder.
+    """
+    dest = Path(path)
+    ext = dest.suffix.lower()
+    if ext not in FORMATS:
+        raise AudioWriteError(f"cannot write {str(dest)!r}: unknown extension {ext or '(none)'!r}; "
+                              f"allowed: {', '.join(FORMATS)}")
+    depths = FORMATS[ext]
+    if depths is not None and bit_depth not in depths:
+        raise AudioWriteError(f"cannot write {str(dest)!r}: bit depth {bit_depth} is not "
+                              f"available for {ext}; allowed: {', '.join(map(str, depths))}")
+    if not dest.parent.is_dir():
+        raise AudioWriteError(f"cannot write {str(dest)!r}: folder {str(dest.parent)!r} "
+                              "does not exist")
+    return dest
 
 
 def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sr: float,
@@ -48,18 +71,9 @@ def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sr: float,
     """
     from pedalboard.io import AudioFile
 
-    dest = Path(path)
+    dest = check_destination(path, bit_depth)
     ext = dest.suffix.lower()
-    if ext not in FORMATS:
-        raise AudioWriteError(f"cannot write {str(dest)!r}: unknown extension {ext or '(none)'!r}; "
-                              f"allowed: {', '.join(FORMATS)}")
     depths = FORMATS[ext]
-    if depths is not None and bit_depth not in depths:
-        raise AudioWriteError(f"cannot write {str(dest)!r}: bit depth {bit_depth} is not "
-                              f"available for {ext}; allowed: {', '.join(map(str, depths))}")
-    if not dest.parent.is_dir():
-        raise AudioWriteError(f"cannot write {str(dest)!r}: folder {str(dest.parent)!r} "
-                              "does not exist")
     data = np.asarray(samples, dtype=np.float32)
     data = data[None] if data.ndim == 1 else data
     if not np.isfinite(data).all():

@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: the repository on the path, machine facts."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    # Run as `python benchmarks/X.py` from a checkout that is not pip-installed.
+    try:
+        import synth  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or the platform's guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_base(watched: tuple[str, ...]) -> dict:
+    """Date, CPU, Python, numpy, and the git commit (``+dirty(...)`` when any
+    of the ``watched`` folders has uncommitted changes)."""
+    info = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "numpy": np.__version__,
+    }
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *watched],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["git_commit"] = commit + (f"+dirty({'/'.join(watched)})" if dirty else "")
+    except Exception:  # informational only
+        pass
+    return info
