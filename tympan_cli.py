@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "devices": ("plugin_host.cli", "devices_main", "list audio outputs and MIDI inputs"),
     "play": ("plugin_host.cli", "play_main", "play a kit live from MIDI"),
     "render": ("plugin_host.cli", "render_main", "render a MIDI file with a kit"),
+    "train": ("training.cli", "main", "build datasets, metrics and models for the matcher"),
 }
 
 

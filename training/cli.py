@@ -1,0 +1,65 @@
+"""``tympan train ...``: build datasets, metrics and models for the matcher.
+
+Each subcommand lives in the module of its step and is imported only when run
+(``tympan train merge-metric`` never imports torch). A subcommand is a function
+``(argv) -> int`` that raises :class:`ValueError` for bad input; this module
+turns that into one line on stderr and exit code 2. To add one (``fit``,
+``evaluate``, ``export``), add a line to :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+__all__ = ["OneLineParser", "SUBCOMMANDS", "main"]
+
+# subcommand -> (module, function, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "metric": ("training.metric_job", "metric_main",
+               "precompute M(theta) = J^T J over a protocol split, in resumable shards"),
+    "merge-metric": ("training.metric_job", "merge_main",
+                     "check a split's metric shards and merge them into one file"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _usage() -> str:
+    lines = ["usage: tympan train COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'tympan train COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tympan train``; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"tympan train: error: unknown command {name!r}; allowed: "
+              f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, function, _ = SUBCOMMANDS[name]
+    entry = getattr(importlib.import_module(module_name), function)
+    try:
+        return int(entry(rest) or 0)
+    except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed
+        return stop.code if isinstance(stop.code, int) else 2
+    except ValueError as err:
+        print(f"tympan train {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
