@@ -112,6 +112,17 @@ class AudioOutput:
         return float(self.stream.latency)
 
     @property
+    def effects_latency_frames(self) -> int:
+        """Delay the effects chain adds (limiter lookahead, plug-ins), frames."""
+        fx = self.engine.effects
+        return int(fx.latency_samples) if fx is not None else 0
+
+    @property
+    def total_latency(self) -> float:
+        """What the host reports, as a plug-in reports its delay: device + effects, seconds."""
+        return self.latency + self.effects_latency_frames / self.engine.sr
+
+    @property
     def running(self) -> bool:
         """False once the device stopped the stream by itself (e.g. JACK server gone)."""
         return bool(self.stream.active)

@@ -103,7 +103,8 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "
               f"{args.sr} Hz, {args.blocksize}-frame blocks, output latency "
-              f"{output.latency * 1000:.1f} ms. Ctrl-C to stop.", flush=True)
+              f"{output.total_latency * 1000:.1f} ms (device {output.latency * 1000:.1f} ms + "
+              f"effects {output.effects_latency_frames} frames). Ctrl-C to stop.", flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         try:
             while not stop.wait(0.25):
@@ -115,7 +116,7 @@ def play_main(argv: Sequence[str] | None = None) -> int:
                     sys.stdout.write(
                         f"\rvoices {engine.active_voices:3d}  cpu {output.cpu_load * 100:5.1f}%  "
                         f"callback p99 {stats['p99_us']:7.1f} us  underflows {output.underflows}"
-                        f"  latency {output.latency * 1000:.1f} ms  hits {engine.hits}"
+                        f"  latency {output.total_latency * 1000:.1f} ms  hits {engine.hits}"
                         f"  midi {midi.received}  ")
                     sys.stdout.flush()
                 if deadline is not None and time.monotonic() >= deadline:

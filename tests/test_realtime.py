@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from plugin_host.kit import load_default_kit
 
@@ -131,6 +132,11 @@ def _attempt(jack_server, midi_sender):
         first = proc.stdout.readline() if ready else ""
         match = re.search(r"MIDI in '([^']+)'", first)
         assert match, f"tympan play did not start: {first!r} {proc.stderr.read() if not ready else ''}"
+        # The reported latency counts the effects chain's delay (limiter lookahead 0.25 ms).
+        lat = re.search(r"output latency ([0-9.]+) ms \(device ([0-9.]+) ms \+ effects (\d+) "
+                        r"frames\)", first)
+        assert lat and int(lat.group(3)) == 12, first
+        assert float(lat.group(1)) == pytest.approx(float(lat.group(2)) + 0.25, abs=0.11), first
         midi_port = jack_server.wait_for_port(match.group(1), timeout=10)
         outputs = [jack_server.wait_for_port(f"PortAudio:out_{i}", timeout=30) for i in (0, 1)]
         with Recorder(duration + 2.0) as rec:
