@@ -133,7 +133,9 @@ def reference_jacobian_time(config: dict[str, Any], nu: np.ndarray, *, mode: str
     (``torch.autograd.functional.jacobian``, reverse mode, vectorized), ``'rev_loop'`` (same,
     one backward per output), ``'dbl_jvp'`` (5 JVPs by the double-backward trick,
     ``torch.autograd.functional.jvp``) or ``'auto'`` (first that runs of jacfwd, dbl_jvp, rev).
-    With the dev tree, jacfwd fails (``ModulusStable`` has no ``setup_context``/``jvp``).
+    With the dev tree every forward mode fails (``ModulusStable`` has neither
+    ``setup_context`` nor ``jvp``); ``'rev'`` (vectorized) needs ~15 GB at N=2**12 and 312
+    outputs; ``'dbl_jvp'`` is the practical one. Timings include the twin render.
 
     Returns
     -------
