@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 SYSTEM_PACKAGES := libportaudio2 jackd2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench bench-host clean
+.PHONY: install system-packages demo test bench bench-host bench-jtfs clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench: install
 # The live host through JACK (starts its own JACK servers; ~8 minutes).
 bench-host: install
 	$(PY) benchmarks/bench_host.py
+
+# Tympan's JTFS and metric M against the kymatio-dev reference (long: `--quick` for a smoke run).
+bench-jtfs: install
+	$(PY) benchmarks/bench_jtfs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results

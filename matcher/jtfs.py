@@ -17,7 +17,8 @@ the layout, strides and paths follow kymatio's JTFS definition:
 
 What makes it fast (the arithmetic, not the definition, differs from the
 reference): filters are grouped by their subsampling so each group is one
-batched FFT; the frequential convolution, subsampling, averaging and
+batched FFT; a product with a filter followed by subsampling is a gather of
+the filter's support (bins above 1e-9 of its peak) folded in place; the frequential convolution, subsampling, averaging and
 unpadding are linear maps along ``n1`` and are precomputed once as dense
 matrices, with the rows whose weights are negligible (below ``prune`` times
 the largest) dropped, so a short first-order stack (high-frequency ``psi2``,
@@ -104,6 +105,33 @@ def _fold(h: np.ndarray, k: int) -> np.ndarray:
     return h.reshape(2**k, -1).sum(axis=0)
 
 
+def _gather_fold(f: np.ndarray, k: int, tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Plan ``fold(X * f, 2**k)`` (kymatio's subsample_fourier: mean of the periods) as a gather.
+
+    Only bins where ``|f|`` exceeds ``tol`` times its peak contribute, and a
+    band-pass filter's support is narrow: output bin ``m`` receives the few
+    support bins ``b`` with ``b = m (mod L / 2**k)``. Returns ``idx`` (int64)
+    and ``coef`` (``f[b] / 2**k``, 0 in unused slots), both ``[n, K, L / 2**k]``
+    with ``K`` the most bins any output receives, so that
+    ``fold(X * f) = sum_K X[..., idx] * coef``.
+    """
+    f = np.atleast_2d(f)
+    n, length = f.shape
+    out = length >> k
+    supports = [np.flatnonzero(np.abs(row) > tol * np.abs(row).max()) for row in f]
+    depth = max(int(np.bincount(b % out).max()) for b in supports)
+    idx = np.zeros((n, depth, out), np.int64)
+    coef = np.zeros((n, depth, out), f.dtype)
+    for i, bins in enumerate(supports):
+        res = bins % out
+        order = np.argsort(res, kind="stable")
+        bins, res = bins[order], res[order]
+        slot = np.arange(len(res)) - np.searchsorted(res, res)       # rank within its residue
+        idx[i, slot, res] = bins
+        coef[i, slot, res] = f[i, bins] / 2**k
+    return idx, coef
+
+
 def _padding(cfg: JTFSConfig) -> tuple[int, int, int]:
     """Padded length and left/right reflect padding, as kymatio's 1-D frontend."""
     phi = gauss_1d(cfg.N, SIGMA0 / 2**cfg.J)
@@ -179,6 +207,70 @@ class _FreqPlan:
             p += block.shape[0]
 
 
+_CHUNK = 1024     # time samples per step of the frequential stage (fits in cache)
+
+
+class _ModulusSum(torch.autograd.Function):
+    """``s[r] = sum_t |(W y)[r, t]|`` with its derivatives, time cut in chunks.
+
+    ``w`` is a complex ``[R, n]`` matrix in real block form ``[[Re, -Im], [Im, Re]]``
+    (``[2R, 2n]``) and ``y`` is ``[..., 2n, t]`` (real parts, then imaginary).
+    Autodiff through ``hypot`` would spend several elementwise passes over the
+    ``R x t`` intermediate per tangent; here, with ``u = Wy / |Wy|`` (0 where
+    ``Wy = 0``, the subgradient), the forward derivative is
+    ``ds[r] = sum_m W[r, m] (u @ dy^T)[r, m]`` (summed over both halves): one
+    matmul per tangent, and ``u`` is recomputed chunk by chunk, never stored.
+    Works under ``torch.func`` (``jvp``, ``vmap``, ``jacfwd``) and reverse mode.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
+        r = w.shape[0] // 2
+        total = None
+        for start in range(0, y.shape[-1], chunk):
+            z = torch.matmul(w, y[..., start:start + chunk])
+            mod = torch.hypot(z[..., :r, :], z[..., r:, :]).sum(-1)
+            total = mod if total is None else total + mod
+        return total
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        y, w, chunk = inputs
+        ctx.chunk = chunk
+        ctx.save_for_backward(y, w)
+        ctx.save_for_forward(y, w)
+
+    @staticmethod
+    def _unit(w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # z / |z| per complex entry, both halves: [..., 2R, chunk]
+        z = torch.matmul(w, y)
+        r = w.shape[0] // 2
+        mod = torch.hypot(z[..., :r, :], z[..., r:, :]).clamp_min(torch.finfo(z.dtype).tiny)
+        return z / torch.cat([mod, mod], dim=-2)
+
+    @staticmethod
+    def jvp(ctx: Any, dy: torch.Tensor, dw: torch.Tensor | None, _: Any) -> torch.Tensor:
+        y, w = ctx.saved_tensors       # w: a constant filter matrix, its tangent is ignored
+        r = w.shape[0] // 2
+        ds = None
+        for start in range(0, y.shape[-1], ctx.chunk):
+            u = _ModulusSum._unit(w, y[..., start:start + ctx.chunk])
+            g = torch.matmul(u, dy[..., start:start + ctx.chunk].mT)   # [..., 2R, 2n]
+            part = (g * w).sum(-1)
+            ds = part if ds is None else ds + part
+        return ds[..., :r] + ds[..., r:]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        y, w = ctx.saved_tensors
+        g2 = torch.cat([grad, grad], dim=-1)[..., :, None]           # [..., 2R, 1]
+        pieces = [torch.matmul(w.mT, _ModulusSum._unit(w, y[..., s:s + ctx.chunk]) * g2)
+                  for s in range(0, y.shape[-1], ctx.chunk)]
+        return torch.cat(pieces, dim=-1), None, None
+
+
 class JTFS(torch.nn.Module):
     """Joint time-frequency scattering with global time averaging: ``[B, N] -> [B, P]``.
 
@@ -235,9 +327,9 @@ class JTFS(torch.nn.Module):
         self.groups1 = sorted(set(j1s.tolist()))
         for j in self.groups1:
             idx = np.flatnonzero(j1s == j)
-            self._buf(f"psi1_{j}", np.stack([psi1[i]["f"] for i in idx]))
+            self._gather(f"psi1_{j}", np.stack([psi1[i]["f"] for i in idx]), j)
             # phi_T at resolution j, to average U1 down to stride 2**J (S1 of order 1)
-            self._buf(f"phiT_{j}", _fold(phi_t, j))
+            self._gather(f"phiT_{j}", _fold(phi_t, j), log2_t - j)
 
         # Order 1: frequency scattering of S1 [n1 = all, t = n_pad / 2**J].
         plan1 = _FreqPlan(len(psi1), self.n_fr, up_fr, phi_fr, stride_fr, cfg.prune)
@@ -255,7 +347,7 @@ class JTFS(torch.nn.Module):
             plan = _FreqPlan(n1_max, self.n_fr, psis_fr, phi_fr, stride_fr, cfg.prune)
             for j in self.groups1:
                 if j < p2["j"]:
-                    self._buf(f"psi2_{n2}_{j}", _fold(p2["f"], j))
+                    self._gather(f"psi2_{n2}_{j}", _fold(p2["f"], j), p2["j"] - j)
             self._buf(f"W2_{n2}", plan.W)
             self._buf(f"A2_{n2}", plan.A)
             self.plans2.append((n2, p2["j"], n1_max))
@@ -279,13 +371,25 @@ class JTFS(torch.nn.Module):
     def _buf(self, name: str, value: np.ndarray) -> None:
         self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(value)), persistent=False)
 
+    def _gather(self, name: str, f: np.ndarray, k: int) -> None:
+        idx, coef = _gather_fold(f, k)
+        self._buf(name + "_idx", idx)
+        self._buf(name + "_coef", coef)
+
+    @staticmethod
+    def _fold_apply(spec: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        # sum_K spec[..., idx] * coef: the product with the filter, folded, on its support only
+        return (spec[..., idx] * coef).sum(-2)
+
     def _filters(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         # Buffers are stored in float64/complex128; cast once per (dtype, device).
         key = (dtype, device)
         if key not in self._cast:
             cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-            self._cast[key] = {name: b.to(device=device, dtype=cdtype if b.is_complex() else dtype)
-                               for name, b in self.named_buffers() if name != "perm"}
+            self._cast[key] = {
+                name: b.to(device=device, dtype=cdtype if b.is_complex() else
+                           dtype if b.is_floating_point() else b.dtype)
+                for name, b in self.named_buffers() if name != "perm"}
         return self._cast[key]
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the cast cache
@@ -332,13 +436,11 @@ class JTFS(torch.nn.Module):
         u1_hat: dict[int, torch.Tensor] = {}
         s1 = []
         for j in self.groups1:
-            prod = X[:, None, :] * f[f"psi1_{j}"]
-            sub = prod.reshape(B, -1, 2**j, n_pad >> j).mean(-2)
+            sub = self._fold_apply(X, f[f"psi1_{j}_idx"], f[f"psi1_{j}_coef"])
             u1 = torch.fft.ifft(sub).abs()
             uh = torch.fft.fft(u1)
             u1_hat[j] = uh
-            k = J - j
-            s = (uh * f[f"phiT_{j}"]).reshape(B, -1, 2**k, n_pad >> J).mean(-2)
+            s = self._fold_apply(uh, f[f"phiT_{j}_idx"][0], f[f"phiT_{j}_coef"][0])
             s1.append(torch.fft.ifft(s).real)
         s1 = torch.cat(s1, dim=1)                                      # [B, n1, n_pad >> J]
         out = [s0, self._freq(s1, f["W1"], f["A1"])]
@@ -348,35 +450,21 @@ class JTFS(torch.nn.Module):
             for j in self.groups1:
                 if j >= j2:
                     break
-                prod = u1_hat[j] * f[f"psi2_{n2}_{j}"]
-                k = j2 - j
-                pieces.append(prod.reshape(B, -1, 2**k, n_pad >> j2).mean(-2))
+                pieces.append(self._fold_apply(u1_hat[j], f[f"psi2_{n2}_{j}_idx"][0],
+                                               f[f"psi2_{n2}_{j}_coef"][0]))
             y2 = torch.fft.ifft(torch.cat(pieces, dim=1))              # [B, n1_max, t]
             out.append(self._freq(y2, f[f"W2_{n2}"], f[f"A2_{n2}"]))
         s = torch.cat(out, dim=1).index_select(1, self.perm.to(x.device))
         return s[0] if single else s
 
     @staticmethod
-    def _freq(y: torch.Tensor, w: torch.Tensor, a: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """``A @ sum_t |W y|`` for ``y`` ``[B, n1, t]`` (complex, or real for order 1).
-
-        ``w`` is ``W`` in real form ``[[Re, -Im], [Im, Re]]`` ``[2R, 2 n1]``, so one real
-        matmul gives both parts. Time is cut in chunks so that ``W y`` (the largest
-        intermediate, ``R`` rows) stays in cache between the matmul, the modulus and
-        the sum. ``|z| = hypot(re, im + 1e-30)``: the offset, far below any
-        coefficient, keeps the derivative finite where ``z = 0`` (silence).
-        """
-        r = w.shape[0] // 2
+    def _freq(y: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``A @ sum_t |W y|`` for ``y`` ``[B, n1, t]`` (complex, or real for order 1)."""
         if y.is_complex():
-            y = torch.cat([y.real, y.imag], dim=1)
+            y = torch.cat([y.real, y.imag], dim=-2)
         else:
             w = w[:, :w.shape[1] // 2]                  # real input: the Re columns only
-        total = None
-        for start in range(0, y.shape[-1], chunk):
-            z = torch.matmul(w, y[..., start:start + chunk])
-            mod = torch.hypot(z[..., :r, :], z[..., r:, :] + 1e-30).sum(-1)
-            total = mod if total is None else total + mod
-        return total @ a.mT
+        return _ModulusSum.apply(y, w, _CHUNK) @ a.mT
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         """Perceptual features ``Phi(x) = log1p(S(x) / eps)`` over orders 1 and 2, ``[B, P - 1]``.

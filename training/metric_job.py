@@ -349,7 +349,9 @@ def metric_main(argv: Sequence[str]) -> int:
     parser.add_argument("--shard", metavar="I/N", help="handle shards i with i %% N == I "
                         "(default: all, or RANK/WORLD_SIZE under torchrun)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch", type=_positive, default=32, help="sounds per pass (32)")
+    parser.add_argument("--batch", type=_positive, default=None,
+                        help="sounds per pass (default 1 on CPU, where larger batches only "
+                             "spill caches, 32 on CUDA)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="precision of twin and Phi (float32); M is summed in float64")
     parser.add_argument("--shard-size", type=_positive, default=256, help="sounds per shard (256)")
@@ -366,7 +368,8 @@ def metric_main(argv: Sequence[str]) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else None
     job = MetricJob(args.split, Protocol(seed=args.protocol_seed), args.shard_size, args.limit,
                     args.dtype, args.phi, n_samples=args.n_samples)
-    done = run_metric(job, args.out, device=args.device, batch=args.batch, shard=shard,
+    batch = args.batch or (32 if args.device == "cuda" else 1)
+    done = run_metric(job, args.out, device=args.device, batch=batch, shard=shard,
                       progress=not args.quiet)
     split_dir = Path(args.out) / job.split
     finished = sum(_shard_path(split_dir, i).exists() for i in range(job.n_shards))
