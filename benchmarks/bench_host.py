@@ -69,9 +69,8 @@ How to read it
   limiter's 0.25 ms lookahead: 12 samples) + 1 sample (a hit's first sample,
   at its frame, is 0) + whatever the MIDI path adds. The table gives the slope
   of latency against the event's offset in the cycle: 0 when events keep their
-  position (the default JACK-Client input stamps each event at cycle start +
-  offset; the spread left is the audio callback's start delay after the cycle
-  start, where the engine anchors its clock), -1 when they are quantized to
+  position (the default JACK-Client input stamps each event on JACK's frame
+  clock, on which the engine also anchors its blocks: no spread is left), -1 when they are quantized to
   the JACK period (python-rtmidi's JACK backend hands a cycle's events over
   together without their offsets, so events early and late in a cycle play at
   the same sample: jitter std B / sqrt(12)). The output says which case each

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from kymatio.scattering1d.utils import compute_border_indices
 from kymatio.scattering1d.filter_bank import (compute_params_filterbank,
                                               compute_temporal_support, gauss_1d,
                                               get_max_dyadic_subsampling, morlet_1d)
@@ -60,6 +61,10 @@ class JTFSConfig:
         Octaves and wavelets per octave of the frequential wavelets (along ``n1``).
     F : int or "global"
         Frequential averaging support in first-order bins (2 octaves = ``2 * Q1``).
+    T : int or "global"
+        Temporal averaging: a sum over all time (one number per path), or a
+        low-pass of support ``T`` samples (``[P, frames]`` per sound, stride
+        ``2**floor(log2 T)``; needs ``T >= 2**j2`` of every second-order filter used).
     sr : float
         Sample rate in Hz (used only for ``meta()`` frequencies in Hz).
     eps : float
@@ -75,6 +80,7 @@ class JTFSConfig:
     J_fr: int = 4
     Q_fr: int = 1
     F: int | str = 24
+    T: int | str = "global"
     sr: float = 22050.0
     eps: float = 1e-3
     prune: float = 1e-9
@@ -90,9 +96,17 @@ class JTFSConfig:
         if not (self.F == "global" or (isinstance(self.F, int) and self.F >= 1)):
             raise ValueError(f"JTFS F = {self.F!r}: allowed an integer >= 1 (first-order "
                              f"bins) or 'global'")
+        if not (self.T == "global" or (isinstance(self.T, int) and 1 <= self.T <= self.N)):
+            raise ValueError(f"JTFS T = {self.T!r}: allowed an integer in 1..N = {self.N} "
+                             f"(samples) or 'global'")
         if not (self.eps > 0 and self.sr > 0 and 0 <= self.prune < 1e-3):
             raise ValueError(f"JTFS eps = {self.eps}, sr = {self.sr}, prune = {self.prune}: "
                              f"allowed eps > 0, sr > 0, 0 <= prune < 1e-3")
+
+    @property
+    def t_samples(self) -> int:
+        """Support of the temporal low-pass in samples (``2**J`` when global, as kymatio)."""
+        return 2**self.J if self.T == "global" else int(self.T)
 
     @classmethod
     def reference(cls) -> "JTFSConfig":
@@ -134,7 +148,7 @@ def _gather_fold(f: np.ndarray, k: int, tol: float = 1e-9) -> tuple[np.ndarray, 
 
 def _padding(cfg: JTFSConfig) -> tuple[int, int, int]:
     """Padded length and left/right reflect padding, as kymatio's 1-D frontend."""
-    phi = gauss_1d(cfg.N, SIGMA0 / 2**cfg.J)
+    phi = gauss_1d(cfg.N, SIGMA0 / cfg.t_samples)
     min_to_pad = 3 * compute_temporal_support(phi.reshape(1, -1), criterion_amplitude=1e-3)
     j_pad = min(int(np.ceil(np.log2(cfg.N + 2 * min_to_pad))),
                 int(np.floor(np.log2(3 * cfg.N - 2))))
@@ -295,10 +309,24 @@ class JTFS(torch.nn.Module):
         if max(self.pad_left, self.pad_right) >= cfg.N:
             raise ValueError(f"JTFS N = {cfg.N} too short for J = {cfg.J}: reflect padding "
                              f"needs N > {max(self.pad_left, self.pad_right)}")
-        log2_t = cfg.J                                   # T = 2**J (global averaging)
+        log2_t = int(math.floor(math.log2(cfg.t_samples)))
+        self.log2_t = log2_t
         psi1 = _bank(cfg.J, cfg.Q1, self.n_pad)
         psi2 = _bank(cfg.J, cfg.Q2, self.n_pad)
-        phi_t = gauss_1d(self.n_pad, SIGMA0 / 2**log2_t)
+        phi_t = gauss_1d(self.n_pad, SIGMA0 / cfg.t_samples)
+        self.local = cfg.T != "global"
+        j1_max = max(p["j"] for p in psi1)
+        j2_max = max((p["j"] for p in psi2 if p["j"] > min(q["j"] for q in psi1)), default=0)
+        if self.local and log2_t < max(j1_max, j2_max):
+            raise ValueError(f"JTFS T = {cfg.T}: local averaging needs T >= "
+                             f"2**{max(j1_max, j2_max)} (the coarsest filter's subsampling); "
+                             f"pass a larger T or T='global'")
+        if self.local:
+            # Time frames kept after unpadding (kymatio's border indices at stride 2**log2_t).
+            start, end = compute_border_indices(log2_t, cfg.J, self.pad_left,
+                                                self.pad_left + cfg.N)
+            self.frames = (start[log2_t], end[log2_t])
+            self._gather("phi0", phi_t, log2_t)
         self.psi1_meta = [(p["xi"], p["sigma"], p["j"]) for p in psi1]
         self.psi2_meta = [(p["xi"], p["sigma"], p["j"]) for p in psi2]
 
@@ -350,6 +378,8 @@ class JTFS(torch.nn.Module):
                     self._gather(f"psi2_{n2}_{j}", _fold(p2["f"], j), p2["j"] - j)
             self._buf(f"W2_{n2}", plan.W)
             self._buf(f"A2_{n2}", plan.A)
+            if self.local:
+                self._gather(f"phiT2_{n2}", _fold(phi_t, p2["j"]), log2_t - p2["j"])
             self.plans2.append((n2, p2["j"], n1_max))
             paths += [{"order": 2, "n2": n2, **p} for p in plan.paths]
 
@@ -410,7 +440,8 @@ class JTFS(torch.nn.Module):
 
         Returns
         -------
-        torch.Tensor, shape ``[B, P]`` (or ``[P]``), non-negative, dtype of ``x``.
+        torch.Tensor, shape ``[B, P]`` (or ``[P]``), dtype of ``x``; with local ``T``
+        ``[B, P, frames]``. Orders 1-2 are non-negative; order 0 is signed.
         """
         cfg = self.config
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -428,8 +459,12 @@ class JTFS(torch.nn.Module):
 
         xp = torch.nn.functional.pad(x[:, None], (self.pad_left, self.pad_right),
                                      mode="reflect")[:, 0]
-        s0 = xp.sum(-1, keepdim=True)
         X = torch.fft.fft(xp)
+        if self.local:
+            s0 = torch.fft.ifft(self._fold_apply(X, f["phi0_idx"][0], f["phi0_coef"][0])).real
+            s0 = s0[:, None, self.frames[0]:self.frames[1]]
+        else:
+            s0 = xp.sum(-1, keepdim=True)
 
         # First order, group by group: U1 = |x * psi1| at stride 2**j1, its FFT, and
         # S1 = U1 * phi_T at stride 2**J.
@@ -442,7 +477,7 @@ class JTFS(torch.nn.Module):
             u1_hat[j] = uh
             s = self._fold_apply(uh, f[f"phiT_{j}_idx"][0], f[f"phiT_{j}_coef"][0])
             s1.append(torch.fft.ifft(s).real)
-        s1 = torch.cat(s1, dim=1)                                      # [B, n1, n_pad >> J]
+        s1 = torch.cat(s1, dim=1)                               # [B, n1, n_pad >> log2_t]
         out = [s0, self._freq(s1, f["W1"], f["A1"])]
 
         for n2, j2, _ in self.plans2:
@@ -453,18 +488,32 @@ class JTFS(torch.nn.Module):
                 pieces.append(self._fold_apply(u1_hat[j], f[f"psi2_{n2}_{j}_idx"][0],
                                                f[f"psi2_{n2}_{j}_coef"][0]))
             y2 = torch.fft.ifft(torch.cat(pieces, dim=1))              # [B, n1_max, t]
-            out.append(self._freq(y2, f[f"W2_{n2}"], f[f"A2_{n2}"]))
+            phi = (f[f"phiT2_{n2}_idx"][0], f[f"phiT2_{n2}_coef"][0]) if self.local else None
+            out.append(self._freq(y2, f[f"W2_{n2}"], f[f"A2_{n2}"], phi))
         s = torch.cat(out, dim=1).index_select(1, self.perm.to(x.device))
         return s[0] if single else s
 
-    @staticmethod
-    def _freq(y: torch.Tensor, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``A @ sum_t |W y|`` for ``y`` ``[B, n1, t]`` (complex, or real for order 1)."""
+    def _freq(self, y: torch.Tensor, w: torch.Tensor, a: torch.Tensor,
+              phi: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``A @ sum_t |W y|`` for ``y`` ``[B, n1, t]`` (complex, or real for order 1).
+
+        With local ``T``: ``A @ unpad(|W y| * phi_T)`` (time kept), ``[B, P_block, frames]``;
+        ``phi`` (gather plan of the low-pass at this resolution) is None for order 1,
+        which is averaged already.
+        """
         if y.is_complex():
             y = torch.cat([y.real, y.imag], dim=-2)
         else:
             w = w[:, :w.shape[1] // 2]                  # real input: the Re columns only
-        return _ModulusSum.apply(y, w, _CHUNK) @ a.mT
+        if not self.local:
+            return _ModulusSum.apply(y, w, _CHUNK) @ a.mT
+        r = w.shape[0] // 2
+        z = torch.matmul(w, y)
+        u = torch.hypot(z[..., :r, :], z[..., r:, :] + 1e-30)           # [B, R, t]
+        if phi is not None:
+            u = torch.fft.ifft(self._fold_apply(torch.fft.fft(u), *phi)).real
+        u = u[..., self.frames[0]:self.frames[1]]
+        return torch.matmul(a, u)
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         """Perceptual features ``Phi(x) = log1p(S(x) / eps)`` over orders 1 and 2, ``[B, P - 1]``.
@@ -472,7 +521,9 @@ class JTFS(torch.nn.Module):
         Order 0 (column 0, the padded signal's sum: a signed DC offset) is left
         out: it can be negative, where log1p is undefined, and carries no timbre.
         """
-        return torch.log1p(self(x)[..., 1:] / self.config.eps)
+        s = self(x)
+        paths = s.dim() - 2 if self.local else s.dim() - 1
+        return torch.log1p(s.narrow(paths, 1, s.shape[paths] - 1) / self.config.eps)
 
     # ------------------------------------------------------------------ description
     def meta(self) -> dict[str, np.ndarray]:

@@ -97,6 +97,8 @@ def play_main(argv: Sequence[str] | None = None) -> int:
 
     midi = JackMidiInput(args.midi_in, on_message) if native_jack \
         else MidiInput(api, args.midi_in, on_message)
+    if native_jack:
+        engine.block_clock, engine.clock_wrap = midi.cycle_start, midi.wrap_seconds
     stop = threading.Event()
     output.start()
     lost = False
@@ -124,6 +126,10 @@ def play_main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         finally:
+            # The audio callback reads the MIDI client's frame clock: give it its own
+            # clock back and let a block pass before that client goes away.
+            engine.block_clock, engine.clock_wrap = time.perf_counter, 0.0
+            time.sleep(0.05)
             midi.close()
     finally:
         if not lost:

@@ -96,6 +96,11 @@ class Engine:
         # Clock for live input: (frame, perf_counter time) at the last block start.
         self._clock = (0, time.perf_counter())
         self.latency_frames = 0
+        # Where the live clock reads a block's start time; on JACK, the MIDI input's
+        # frame clock (one time base for MIDI stamps and audio blocks), which wraps
+        # every `clock_wrap` seconds (0: never).
+        self.block_clock: Callable[[], float] = time.perf_counter
+        self.clock_wrap = 0.0
 
     # ------------------------------------------------------------------ control side
     def midi(self, message: Sequence[int], frame: int | None = None) -> None:
@@ -195,7 +200,10 @@ class Engine:
         quantization to block boundaries.
         """
         frame, t0 = self._clock
-        return frame + int(round((t - t0) * self.sr)) + self.latency_frames
+        d = t - t0
+        if self.clock_wrap and abs(d) > 0.5 * self.clock_wrap:     # the counter wrapped
+            d -= math.copysign(self.clock_wrap, d)
+        return frame + int(round(d * self.sr)) + self.latency_frames
 
     def _resolve(self, index: int, pad: Pad, note: int) -> VoicePreset:
         # Effective parameters of this hit: CC offsets in nu, then pitch.
@@ -231,7 +239,7 @@ class Engine:
         """
         n = out.shape[1]
         start = self.frames
-        self._clock = (start, time.perf_counter())
+        self._clock = (start, self.block_clock())
         end = start + n
         out[:] = 0.0
         pos = 0

@@ -4,16 +4,11 @@ python-rtmidi's JACK backend hands messages over once per JACK cycle and
 drops each event's position inside the cycle, so a live engine fed by it can
 place notes only to within one period (measured: jitter std 1.56 ms at a
 256-frame period). A JACK MIDI port read in our own process callback keeps
-every event's frame offset: the callback stamps the cycle's start on the
-``time.perf_counter`` clock and each event is delivered at
-``cycle_start + offset / sr``, so the engine's ``frame_at`` places it on its
-sample.
-
-The cycle start is JACK's DLL estimate (``jack_get_cycle_times``: the
-predicted next cycle less one period), not the moment the driver woke up:
-a late wake-up (measured up to 5 ms on the dummy driver in this VM) would
-otherwise move every event of that cycle. The JACK clock is mapped to
-``perf_counter`` by reading both back to back in the same callback.
+every event's frame offset: each event is stamped on JACK's own frame clock,
+``(last_frame_time + offset) / sr`` seconds, and the engine, whose audio
+blocks are anchored on the same clock (:meth:`JackMidiInput.cycle_start`),
+places it on its sample. No wall clock is involved: a callback woken late
+(measured up to 5 ms on the dummy driver in this VM) delays nothing.
 
 Same interface as :class:`plugin_host.midi.MidiInput` (``on_message(data, t)``,
 counters, ``port_name``, ``close``).
@@ -23,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable
+from typing import Any
 
 from .midi import (DEFAULT_MAX_RATE, DEFAULT_VIRTUAL_PORT, VIRTUAL, MidiError, OnMessage,
                    _Gate, find_port)
@@ -40,37 +35,6 @@ def jack_client_available() -> bool:
     return True
 
 
-def _cycle_times_reader(client: Any) -> Callable[[], float | None] | None:
-    """A function giving the seconds since the current cycle's smoothed start.
-
-    Uses ``jack_get_cycle_times`` (JACK >= 0.120, not wrapped by JACK-Client),
-    called through a cffi handle of our own; ``None`` where libjack lacks it.
-    The function returns ``None`` when JACK has no estimate yet.
-    """
-    try:
-        import cffi
-
-        ffi = cffi.FFI()
-        ffi.cdef("int jack_get_cycle_times(void *client, uint32_t *current_frames, "
-                 "uint64_t *current_usecs, uint64_t *next_usecs, float *period_usecs);"
-                 "uint64_t jack_get_time(void);")
-        lib = ffi.dlopen("libjack.so.0")
-        lib.jack_get_cycle_times  # noqa: B018 - raises AttributeError when missing
-    except (ImportError, OSError, AttributeError):
-        return None
-    ptr = ffi.cast("void *", client._ptr)
-    frames, cur, nxt, period = (ffi.new("uint32_t *"), ffi.new("uint64_t *"),
-                                ffi.new("uint64_t *"), ffi.new("float *"))
-
-    def elapsed() -> float | None:
-        if lib.jack_get_cycle_times(ptr, frames, cur, nxt, period) != 0 or period[0] <= 0:
-            return None
-        # Read the JACK clock right after the perf_counter stamp the caller took.
-        return (lib.jack_get_time() - (nxt[0] - period[0])) * 1e-6
-
-    return elapsed
-
-
 class JackMidiInput(_Gate):
     """A JACK MIDI input port whose messages keep their sample position.
 
@@ -81,8 +45,8 @@ class JackMidiInput(_Gate):
         output to connect from: index, exact name or unique substring.
     on_message : callable(data, t)
         Called in the JACK process thread (keep it short) with the message
-        (tuple of ints) and its time on the ``time.perf_counter`` clock,
-        accurate to the sample within the cycle.
+        (tuple of ints) and its time on the JACK frame clock in seconds
+        (see :meth:`cycle_start`), exact to the sample.
     client_name, virtual_name : str
         JACK client and port names (JACK appends ``-01`` to a taken client name).
     max_rate, burst
@@ -106,7 +70,6 @@ class JackMidiInput(_Gate):
         self.api_name = "jack"
         self._sr = float(self._client.samplerate)
         self._port = self._client.midi_inports.register(virtual_name)
-        self._cycle_times = _cycle_times_reader(self._client)
         self._client.set_process_callback(self._process)
         self._client.activate()
         self.port_name = self._port.name
@@ -120,13 +83,29 @@ class JackMidiInput(_Gate):
                 raise
             self.source = source
 
+    def cycle_start(self) -> float:
+        """Start of the current JACK cycle on the JACK frame clock, in seconds.
+
+        ``jack_last_frame_time / sr``: exact (whole frames), the same for every
+        client of the server during a cycle, so the audio output's callback can
+        anchor the engine with it and MIDI stamps and audio blocks share one time
+        base with no clock conversion. The frame counter wraps every 2**32 frames
+        (:attr:`wrap_seconds`); the engine's ``frame_at`` unwraps differences.
+        """
+        client = self._client
+        if client is None:                   # closed: no cycle to refer to
+            return 0.0
+        return client.last_frame_time / self._sr
+
+    @property
+    def wrap_seconds(self) -> float:
+        """Period of the JACK frame clock (uint32 frames), seconds."""
+        return 2.0**32 / self._sr
+
     def _process(self, frames: int) -> None:
-        # JACK process thread: stamp the cycle start, then each event at its offset.
+        # JACK process thread: each event at the cycle's first frame + its offset.
+        start = self.cycle_start()
         now = time.perf_counter()
-        elapsed = self._cycle_times() if self._cycle_times is not None else None
-        if elapsed is None:
-            elapsed = self._client.frames_since_cycle_start / self._sr
-        start = now - elapsed
         for offset, data in self._port.incoming_midi_events():
             self._deliver(bytes(data), start + offset / self._sr, now)
 

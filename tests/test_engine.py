@@ -237,3 +237,17 @@ def test_offline_render_matches_the_engine_and_any_block_size(tmp_path):
     first = [f for f, m in midi_events(tmp_path / "s.mid", SR) if m[0] & 0xF0 == 0x90][1]
     assert np.all(a.audio[:, :1] == 0) and np.abs(a.audio[:, 1:20]).max() > 0
     assert a.seconds > first / SR
+
+
+def test_live_clock_unwraps_a_wrapping_frame_counter():
+    # On JACK the engine's clock is the MIDI input's uint32 frame counter (in seconds),
+    # which wraps every 2**32 frames; an event just after the wrap still lands ahead.
+    kit = load_default_kit()
+    engine = Engine(kit, 48000.0, max_block=128)
+    wrap = 2.0**32 / 48000.0
+    engine.block_clock, engine.clock_wrap = (lambda: wrap - 64 / 48000.0), wrap
+    engine.latency_frames = 128
+    engine.process(np.zeros((2, 128), np.float32))
+    # the block started at engine frame 0, 64 frames before the wrap; one block ahead
+    assert engine.frame_at(10 / 48000.0) == 64 + 10 + 128
+    assert engine.frame_at(wrap - 100 / 48000.0) == -36 + 128

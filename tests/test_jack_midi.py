@@ -63,10 +63,10 @@ def test_events_keep_their_frame_offsets(jack_server, wait_until):
     sr, period = jack_server.sample_rate, jack_server.period
     t = np.array([t for _, t in got])
     frames = np.array([c * period + o for c, o, _ in PLAN], float)
-    # Inside one cycle the spacing is exact (same cycle-start stamp): 95 and 100 frames.
-    np.testing.assert_allclose(np.diff(t[:3]) * sr, np.diff(frames[:3]), atol=1e-6)
-    # Across cycles it carries the cycle-start estimate's error: well under 0.5 ms.
-    np.testing.assert_allclose((t - t[0]) * 1000, (frames - frames[0]) / sr * 1000, atol=0.5)
+    # Stamps are on JACK's frame clock: exact to the frame within and across cycles,
+    # however late the process thread woke up.
+    np.testing.assert_allclose((t - t[0]) * sr, frames - frames[0], atol=1e-6)
+    assert float(t[0] * sr).is_integer() or abs(t[0] * sr - round(t[0] * sr)) < 1e-6
 
 
 def test_connects_to_a_source_by_name_and_reports_unknown_ports(jack_server):

@@ -75,6 +75,24 @@ def test_every_path_agrees_with_the_reference(pair):
     np.testing.assert_allclose(np.log1p(S[:, 1:] / 1e-3), np.log1p(R[:, 1:] / 1e-3), atol=1e-4)
 
 
+@pytest.mark.parametrize("c", [dict(N=1024, J=6, Q=(4, 1), J_fr=2, Q_fr=1, F=4, T=64),
+                               dict(N=2048, J=7, Q=(6, 1), J_fr=2, Q_fr=1, F=4, T=512)],
+                         ids=["T64", "T512"])
+def test_local_time_averaging_agrees_with_the_reference(c):
+    x = signals(c["N"])
+    ref = reference_jtfs(x, dict(c, format="time"))
+    m = JTFS(JTFSConfig(N=c["N"], J=c["J"], Q1=c["Q"][0], Q2=c["Q"][1], J_fr=c["J_fr"],
+                        Q_fr=c["Q_fr"], F=c["F"], T=c["T"]))
+    S = m(torch.tensor(x))
+    frames = int(ref["sizes"][0])
+    assert S.shape == (3, m.n_paths, frames) and frames == c["N"] // 2**int(np.log2(c["T"]))
+    assert [str(k) for k in m.meta()["key"]] == [str(k) for k in ref["meta"]["key"]]
+    R = ref["S"].reshape(3, m.n_paths, frames)
+    floor = 1e-6 * np.abs(R[:, 1:]).max(axis=(1, 2), keepdims=True)
+    assert np.all(np.abs(S.numpy() - R) <= RTOL * np.abs(R) + floor)
+    assert m.phi(torch.tensor(x)).shape == (3, m.n_paths - 1, frames)
+
+
 def test_float32_is_close_to_float64(pair):
     c, x, _, m = pair
     s64 = m(torch.tensor(x)).numpy()
@@ -171,10 +189,16 @@ def test_reference_configuration_shape():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(J=0), "J = 0"), (dict(N=100, J=8), "shorter than 2\\*\\*J"),
     (dict(F="local"), "F = 'local'"), (dict(eps=0.0), "eps = 0.0"),
+    (dict(T=0), "T = 0"), (dict(N=1024, J=6, T=2048), "T = 2048"),
 ])
 def test_bad_configuration_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         JTFSConfig(**kwargs)
+
+
+def test_local_averaging_shorter_than_a_second_order_filter_is_refused():
+    with pytest.raises(ValueError, match="local averaging needs T >= 2\\*\\*"):
+        JTFS(JTFSConfig(N=1024, J=6, Q1=4, J_fr=2, F=4, T=4))
 
 
 def test_bad_input_is_named():
