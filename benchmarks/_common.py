@@ -49,3 +49,12 @@ def machine_base(watched: tuple[str, ...]) -> dict:
     except Exception:  # informational only
         pass
     return info
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write a benchmark's results (numpy scalars as floats) and say where."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    print(f"JSON written to {path}")

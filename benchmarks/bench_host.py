@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import re
@@ -112,7 +111,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine_base  # noqa: E402  (puts the repository on sys.path)
+from _common import ROOT, machine_base, write_json  # noqa: E402  (puts the repository on sys.path)
 from plugin_host.engine import Engine  # noqa: E402
 from plugin_host.kit import load_default_kit  # noqa: E402
 from synth.voice import VoicePreset  # noqa: E402
@@ -1121,9 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTotal benchmark time {elapsed:.0f} s")
     doc["targets"] = goals
     doc["elapsed_s"] = elapsed
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    print(f"JSON written to {opts.json}")
+    write_json(opts.json, doc)
     return 0
 
 

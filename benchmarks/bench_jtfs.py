@@ -33,7 +33,6 @@ ratio at batch 1, the CPU default of ``tympan train metric``); M >= 200 sounds/s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine_base  # noqa: E402  (puts the repository on sys.path)
+from _common import ROOT, machine_base, write_json  # noqa: E402  (puts the repository on sys.path)
 
 sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
@@ -327,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
            "throughput_cpu": tput, "cuda": gpu, "equality": eq,
            "targets": [{"verdict": v, "text": t} for v, t in goals], "elapsed_s": elapsed,
            "command": shlex.join([sys.executable, *sys.argv])}
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"JSON written to {opts.json}")
+    write_json(opts.json, doc)
     return 0
 
 

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -82,7 +81,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from _common import ROOT, machine_base  # noqa: E402  (puts the repository on sys.path)
+from _common import ROOT, machine_base, write_json  # noqa: E402  (puts the repository on sys.path)
 from synth.ftm import FTMConfig  # noqa: E402
 from synth.params import DrumParams  # noqa: E402
 from synth.reference import render_reference  # noqa: E402
@@ -665,9 +664,7 @@ def main(argv: list[str] | None = None) -> int:
            "noise_floor": floor,
            "single_voice_api": api, "whole_sound": hits, "targets": goals,
            "quick": opts.quick, "elapsed_s": elapsed}
-    opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"JSON written to {opts.json}")
+    write_json(opts.json, doc)
     return 0
 
 
