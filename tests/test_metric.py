@@ -208,6 +208,19 @@ def test_resume_after_sigkill_gives_the_files_of_an_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
 
 
+def test_the_cli_computes_m_with_the_real_jtfs(tmp_path):
+    # The default phi: the project JTFS (reference configuration, shortened to 2**13 samples).
+    proc = tympan("train", "metric", "--split", "val", "--n-samples", str(2**13), "--limit", "1",
+                  "--shard-size", "1", "--quiet", "--out", str(tmp_path))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    shard = load_metric(tmp_path / "val" / "shard-00000.npz")
+    M = shard["M"][0]
+    np.testing.assert_allclose(M, M.T, rtol=0, atol=0)
+    assert np.all(np.isfinite(M)) and shard["eigvals"][0, -1] > 0
+    assert shard["header"]["phi"] == "jtfs"
+
+
 # -- the command line ------------------------------------------------------------------
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

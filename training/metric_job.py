@@ -215,15 +215,13 @@ def make_phi(job: MetricJob, device: Any) -> Callable:
 
         return StftTestPhi(job.n_samples).to(device)
     if name == "jtfs":
-        try:
-            from matcher.jtfs import JTFS
-        except ImportError as err:
-            raise ValueError(f"the JTFS (matcher.jtfs) cannot be imported ({err}); "
-                             "'--phi stft-test' runs the pipeline with a stand-in") from None
-        jtfs = JTFS.reference()
-        if hasattr(jtfs, "to"):
-            jtfs = jtfs.to(device)
-        return jtfs.phi
+        from dataclasses import replace
+
+        from matcher.jtfs import JTFS, JTFSConfig
+
+        # The reference configuration at the job's length and rate (smoke runs shorten N).
+        cfg = replace(JTFSConfig.reference(), N=job.n_samples, sr=job.sr)
+        return JTFS(cfg).to(device).phi
     raise ValueError(f"unknown phi {job.phi!r}; allowed: {', '.join(PHIS)}")
 
 
