@@ -1,7 +1,9 @@
 """Joint time-frequency scattering (JTFS), batched and differentiable, in torch.
 
 The same transform as kymatio's (unreleased) ``TimeFrequencyScattering`` with
-``T='global'`` and ``format='time'``: every output path is one number per sound.
+``format='time'``: with ``T='global'`` every output path is one number per
+sound; with a local ``T`` (samples) each path keeps its time frames, and
+"sum over time" below becomes "low-pass by ``phi_T``, subsample, unpad".
 Filters come from kymatio 0.3.0's Morlet filter-bank design (``morlet_1d``,
 ``gauss_1d``, ``compute_params_filterbank``, ``get_max_dyadic_subsampling``);
 the layout, strides and paths follow kymatio's JTFS definition:
@@ -18,14 +20,15 @@ the layout, strides and paths follow kymatio's JTFS definition:
 What makes it fast (the arithmetic, not the definition, differs from the
 reference): filters are grouped by their subsampling so each group is one
 batched FFT; a product with a filter followed by subsampling is a gather of
-the filter's support (bins above 1e-9 of its peak) folded in place; the frequential convolution, subsampling, averaging and
-unpadding are linear maps along ``n1`` and are precomputed once as dense
-matrices, with the rows whose weights are negligible (below ``prune`` times
+the filter's support (bins above 1e-9 of its peak) folded in place; the
+frequential convolution, subsampling, averaging and unpadding are linear maps
+along ``n1`` and are precomputed once as dense matrices, with the rows whose weights are negligible (below ``prune`` times
 the largest) dropped, so a short first-order stack (high-frequency ``psi2``,
 few ``n1``) is not convolved over the whole padded axis.
 
-Everything is a differentiable torch op with forward-mode rules
-(``torch.func.jvp``, ``jacfwd``, ``vmap`` work); filters are buffers built
+Everything is differentiable with forward-mode rules (``torch.func.jvp``,
+``jacfwd``, ``vmap`` work; the modulus-sum stage has its own, see
+:class:`_ModulusSum`); filters are buffers built
 once. ``Phi(x) = log1p(S(x) / eps)`` is :meth:`JTFS.phi`.
 """
 
@@ -286,7 +289,7 @@ class _ModulusSum(torch.autograd.Function):
 
 
 class JTFS(torch.nn.Module):
-    """Joint time-frequency scattering with global time averaging: ``[B, N] -> [B, P]``.
+    """Joint time-frequency scattering: ``[B, N] -> [B, P]`` (``[B, P, frames]`` with local T).
 
     Parameters
     ----------
@@ -310,7 +313,6 @@ class JTFS(torch.nn.Module):
             raise ValueError(f"JTFS N = {cfg.N} too short for J = {cfg.J}: reflect padding "
                              f"needs N > {max(self.pad_left, self.pad_right)}")
         log2_t = int(math.floor(math.log2(cfg.t_samples)))
-        self.log2_t = log2_t
         psi1 = _bank(cfg.J, cfg.Q1, self.n_pad)
         psi2 = _bank(cfg.J, cfg.Q2, self.n_pad)
         phi_t = gauss_1d(self.n_pad, SIGMA0 / cfg.t_samples)
@@ -333,8 +335,7 @@ class JTFS(torch.nn.Module):
         # Frequential filters, as kymatio's JTFS frontend pads and builds them.
         f_bins = cfg.F if cfg.F != "global" else 2**cfg.J_fr
         n_in_fr = (cfg.J + 1) * cfg.Q1
-        k_fr_max = cfg.J_fr
-        self.n_fr = (n_in_fr + 8 * min(f_bins, 2**cfg.J_fr)) // 2**k_fr_max * 2**k_fr_max
+        self.n_fr = (n_in_fr + 8 * min(f_bins, 2**cfg.J_fr)) // 2**cfg.J_fr * 2**cfg.J_fr
         if len(psi1) > self.n_fr:
             raise ValueError(f"JTFS: {len(psi1)} first-order filters exceed the frequential "
                              f"padding {self.n_fr}; raise J or lower Q1")
@@ -346,7 +347,6 @@ class JTFS(torch.nn.Module):
         psis_fr = [low_fr] + _bank(cfg.J_fr, cfg.Q_fr, self.n_fr, signed=True)
         # kymatio's unspinned case keeps xi >= 0 and enumerates what remains.
         up_fr = [p for p in psis_fr if p["xi"] >= 0]
-        stride_fr = log2_f if log2_f is not None else None
 
         # First order, grouped by subsampling j1 (one batched FFT per group).
         j1s = np.array([p["j"] for p in psi1])
@@ -356,11 +356,11 @@ class JTFS(torch.nn.Module):
         for j in self.groups1:
             idx = np.flatnonzero(j1s == j)
             self._gather(f"psi1_{j}", np.stack([psi1[i]["f"] for i in idx]), j)
-            # phi_T at resolution j, to average U1 down to stride 2**J (S1 of order 1)
+            # phi_T at resolution j, to average U1 down to stride 2**log2_t (S1 of order 1)
             self._gather(f"phiT_{j}", _fold(phi_t, j), log2_t - j)
 
-        # Order 1: frequency scattering of S1 [n1 = all, t = n_pad / 2**J].
-        plan1 = _FreqPlan(len(psi1), self.n_fr, up_fr, phi_fr, stride_fr, cfg.prune)
+        # Order 1: frequency scattering of S1 [n1 = all, t = n_pad / 2**log2_t].
+        plan1 = _FreqPlan(len(psi1), self.n_fr, up_fr, phi_fr, log2_f, cfg.prune)
         self._buf("W1", plan1.W)
         self._buf("A1", plan1.A)
         paths = [{"order": 0, "n1": -1, "n2": -1, "n_fr": -1, "spin": 0}]
@@ -372,7 +372,7 @@ class JTFS(torch.nn.Module):
             n1_max = int(np.sum(j1s < p2["j"]))
             if n1_max == 0:
                 continue
-            plan = _FreqPlan(n1_max, self.n_fr, psis_fr, phi_fr, stride_fr, cfg.prune)
+            plan = _FreqPlan(n1_max, self.n_fr, psis_fr, phi_fr, log2_f, cfg.prune)
             for j in self.groups1:
                 if j < p2["j"]:
                     self._gather(f"psi2_{n2}_{j}", _fold(p2["f"], j), p2["j"] - j)
@@ -455,7 +455,6 @@ class JTFS(torch.nn.Module):
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         x = x.to(dtype)
         f = self._filters(dtype, x.device)
-        B, n_pad, J = x.shape[0], self.n_pad, cfg.J
 
         xp = torch.nn.functional.pad(x[:, None], (self.pad_left, self.pad_right),
                                      mode="reflect")[:, 0]
@@ -467,7 +466,7 @@ class JTFS(torch.nn.Module):
             s0 = xp.sum(-1, keepdim=True)
 
         # First order, group by group: U1 = |x * psi1| at stride 2**j1, its FFT, and
-        # S1 = U1 * phi_T at stride 2**J.
+        # S1 = U1 * phi_T at stride 2**log2_t.
         u1_hat: dict[int, torch.Tensor] = {}
         s1 = []
         for j in self.groups1:
