@@ -156,7 +156,7 @@ BATCH = np.array([AGREE_SETS[k] for k in AGREE_SETS]
 def test_twin_independent_of_batch_size(dtype, tol):
     assert BATCH.shape == (7, 5)
     n = 8192
-    twin = MembraneTwin(22050.0, n, chunk=3000)      # chunks that do not divide n
+    twin = MembraneTwin(22050.0, n, block=300)      # blocks that do not divide n
     batch = twin(torch.tensor(BATCH, dtype=dtype))
     assert batch.shape == (7, n)
     for i, row in enumerate(BATCH):
