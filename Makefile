@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 SYSTEM_PACKAGES := libportaudio2 jackd2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench bench-host bench-jtfs clean
+.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train clean
 
 install: $(STAMP)
 
@@ -53,6 +53,9 @@ bench-host: install
 # Tympan's JTFS and metric M against the kymatio-dev reference (long: `--quick` for a smoke run).
 bench-jtfs: install
 	$(PY) benchmarks/bench_jtfs.py
+
+bench-train: install
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results

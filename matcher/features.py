@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,37 @@ def _kernels(cfg: FeatureConfig) -> tuple[np.ndarray, int, np.ndarray, np.ndarra
     return np.asarray(kernels), int(width), np.asarray(lengths, dtype=np.float64), np.asarray(freqs)
 
 
+@lru_cache(maxsize=8)
+def _spectral_kernels(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Kernel spectra on their supports: ``(fft bins, fold destinations, values, n_fft, fold)``.
+
+    Cached per configuration: building them takes seconds.
+    """
+    kernels, width, lengths, _ = _kernels(cfg)
+    n, hop = cfg.n_samples, cfg.hop
+    # nnAudio: out[t] = sum_j xpad[t*hop + j] * conj(k[j]) (real part with k.real, imaginary
+    # part with -k.imag), xpad = W//2 zeros, x, W//2 zeros. That is x convolved with
+    # g[u] = conj(k[W//2 - u]), sampled at t*hop.
+    n_fft = 1 << math.ceil(math.log2(n + width))
+    fold = n_fft // hop
+    if fold * hop != n_fft:
+        raise ValueError(f"hop {hop} must divide the FFT size {n_fft}: use a power of 2")
+    g = np.zeros((cfg.n_bins, n_fft), dtype=np.complex128)
+    u = width // 2 - np.arange(width)              # g index of each kernel tap
+    g[:, u % n_fft] = np.conj(kernels)
+    G = np.fft.fft(g, axis=-1) * np.sqrt(lengths)[:, None]   # librosa normalization
+    idx, vals, rows = [], [], []
+    for k in range(cfg.n_bins):
+        mag = np.abs(G[k])
+        keep = np.flatnonzero(mag > cfg.support_tol * mag.max())
+        idx.append(keep)
+        vals.append(G[k, keep])
+        rows.append(k * fold + keep % fold)
+    # Decimating by hop = folding the spectrum modulo n_fft / hop; ifft(fold)[t] / n_fft.
+    v = np.concatenate(vals) / fold / hop
+    return (np.concatenate(idx), np.concatenate(rows), v.astype(np.complex64), n_fft, fold)
+
+
 def nnaudio_cqt(cfg: FeatureConfig) -> torch.nn.Module:
     """nnAudio's own ``CQT1992v2`` with the settings of ``cfg`` (the reference; slow)."""
     from nnAudio.features import CQT1992v2
@@ -124,30 +156,10 @@ class CQTFeatures(torch.nn.Module):
     def __init__(self, cfg: FeatureConfig = FeatureConfig()):
         super().__init__()
         self.cfg = cfg
-        kernels, width, lengths, _ = _kernels(cfg)
-        n, hop = cfg.n_samples, cfg.hop
-        # nnAudio: out[t] = sum_j xpad[t*hop + j] * conj-ish kernel[j], xpad = W//2 zeros,
-        # x, W//2 zeros. That is x convolved with g[u] = k[W//2 - u], sampled at t*hop.
-        # Real part uses k.real, imaginary part -k.imag: together conj(k).
-        self.n_fft = 1 << math.ceil(math.log2(n + width))
-        self.fold = self.n_fft // hop
-        if self.fold * hop != self.n_fft:
-            raise ValueError(f"hop {hop} must divide the FFT size {self.n_fft}: use a power of 2")
-        g = np.zeros((cfg.n_bins, self.n_fft), dtype=np.complex128)
-        u = width // 2 - np.arange(width)              # g index of each kernel tap
-        g[:, u % self.n_fft] = np.conj(kernels)
-        G = np.fft.fft(g, axis=-1) * np.sqrt(lengths)[:, None]   # librosa normalization
-        idx, vals, rows = [], [], []
-        for k in range(cfg.n_bins):
-            mag = np.abs(G[k])
-            keep = np.flatnonzero(mag > cfg.support_tol * mag.max())
-            idx.append(keep)
-            vals.append(G[k, keep])
-            rows.append(k * self.fold + keep % self.fold)
-        self.register_buffer("idx", torch.as_tensor(np.concatenate(idx)), persistent=False)
-        self.register_buffer("dest", torch.as_tensor(np.concatenate(rows)), persistent=False)
-        v = np.concatenate(vals) / self.fold / hop     # ifft(fold)[t] * fold / n_fft
-        self.register_buffer("vals", torch.as_tensor(v.astype(np.complex64)), persistent=False)
+        idx, dest, vals, self.n_fft, self.fold = _spectral_kernels(cfg)
+        self.register_buffer("idx", torch.as_tensor(idx), persistent=False)
+        self.register_buffer("dest", torch.as_tensor(dest), persistent=False)
+        self.register_buffer("vals", torch.as_tensor(vals), persistent=False)
 
     @torch.no_grad()
     def cqt(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Each subcommand lives in the module of its step and is imported only when run
 (``tympan train merge-metric`` never imports torch). A subcommand is a function
 ``(argv) -> int`` that raises :class:`ValueError` for bad input; this module
-turns that into one line on stderr and exit code 2. To add one (``fit``,
-``evaluate``, ``export``), add a line to :data:`SUBCOMMANDS`.
+turns that into one line on stderr and exit code 2. To add one, add a
+line to :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "precompute M(theta) = J^T J over a protocol split, in resumable shards"),
     "merge-metric": ("training.metric_job", "merge_main",
                      "check a split's metric shards and merge them into one file"),
+    "fit": ("training.trainer", "fit_main",
+            "train the encoder from a run file (P, PNP, MSS or JTFS loss; DDP; resumable)"),
+    "evaluate": ("training.evaluate", "evaluate_main",
+                 "JTFS / spectral distances and parameter errors of a checkpoint on a split"),
+    "export": ("training.export", "export_main",
+               "write a checkpoint as a portable .tympan model for the matcher"),
 }
 
 

@@ -1,0 +1,194 @@
+"""Training data, made on the fly: cell ids -> theta -> twin audio -> CQT features (+ M).
+
+No audio is stored. A split's cells come from :class:`training.protocol.Protocol`;
+each step renders its batch with the torch twin on the training device and
+computes the encoder's features there. The PNP metric ``M`` of each target is
+looked up in the precomputed file of its split (:class:`MetricTable`).
+
+Order: epoch ``e`` visits the run's cells in a permutation seeded by
+``(seed, e)``, cut into batches; under DDP rank ``r`` of ``w`` takes every
+``w``-th batch. The order is a pure function of the seed, the epoch and the
+batch index, which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from matcher.features import CQTFeatures
+from synth.params import ALPHA_FLOOR
+from synth.twin import MembraneTwin
+
+from .config import TrainConfig
+from .shards import atomic_savez, json_array
+
+__all__ = ["Split", "Renderer", "MetricTable", "make_phi"]
+
+
+class Split:
+    """The cells one run uses from one split, and their per-epoch batch order.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    split : {"train", "val", "test"}
+    limit : int
+        Use a seeded subset of this many cells (0: the whole split).
+    """
+
+    def __init__(self, cfg: TrainConfig, split: str, limit: int = 0):
+        protocol = cfg.data.protocol
+        ids = protocol.split_indices(split)
+        if limit and limit < len(ids):
+            rng = np.random.default_rng([cfg.data.protocol_seed, 7919, len(split)])
+            ids = np.sort(rng.choice(ids, size=limit, replace=False))
+        self.name = split
+        self.protocol = protocol
+        self.ids = ids
+        self.seed = cfg.seed
+        self.batch_size = cfg.data.batch_size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def n_batches(self, world: int = 1, drop_last: bool = True) -> int:
+        """Batches per rank per epoch."""
+        full = len(self.ids) // self.batch_size if drop_last else -(-len(self.ids) // self.batch_size)
+        return full // world if drop_last else -(-full // world)
+
+    def epoch_batches(self, epoch: int, rank: int = 0, world: int = 1, start: int = 0,
+                      shuffle: bool = True, drop_last: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(batch index, cell ids)`` of this rank, from batch ``start`` on."""
+        if shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.ids)
+        else:
+            order = self.ids
+        n = self.n_batches(world, drop_last)
+        for i in range(start, n):
+            j = i * world + rank
+            chunk = order[j * self.batch_size:(j + 1) * self.batch_size]
+            if len(chunk):
+                yield i, chunk
+
+
+class Renderer(torch.nn.Module):
+    """Cell ids -> a training batch on the device.
+
+    Returns dicts with ``ids`` ``[B]`` (numpy), ``nu`` ``[B, 5]`` float32,
+    ``audio`` ``[B, N]`` float32 (peak-normalized), ``x`` ``[B, 1, bins,
+    frames]`` float32 features.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.protocol = cfg.data.protocol
+        self.twin = MembraneTwin(cfg.data.sr, cfg.data.n_samples)
+        self.features = CQTFeatures(cfg.features)
+
+    @torch.no_grad()
+    def forward(self, ids: np.ndarray) -> dict[str, Any]:
+        dev = self.features.idx.device
+        nu = torch.as_tensor(self.protocol.nu(ids), dtype=torch.float64, device=dev)
+        audio = self.twin.from_nu(nu).to(torch.float32)
+        return {"ids": ids, "nu": nu.to(torch.float32), "audio": audio,
+                "x": self.features(audio)[:, None]}
+
+
+    def render_nu(self, nu_hat: torch.Tensor) -> torch.Tensor:
+        """Differentiable render of estimates ``[B, 5]`` (clamped into the ranges first:
+        a tanh output of exactly -1 would be a zero aspect ratio)."""
+        lo = torch.full_like(nu_hat[0], -1.0)
+        lo[-1] = _ALPHA_NU_FLOOR
+        return self.twin.from_nu(torch.maximum(nu_hat.clamp(max=1.0), lo))
+
+
+# nu of the aspect-ratio floor (alpha is linear on (0, 1]: nu = 2 alpha - 1)
+_ALPHA_NU_FLOOR = 2 * ALPHA_FLOOR - 1.0
+
+
+def make_phi(cfg: TrainConfig, device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The representation of the run's metric (``cfg.metric.phi``) on ``device``."""
+    if cfg.metric.phi.startswith("stft-test"):
+        from .metric import StftTestPhi
+        return StftTestPhi(cfg.data.n_samples).to(device)
+    from matcher.jtfs import JTFS
+    return JTFS(cfg.jtfs_config()).to(device).phi
+
+
+class MetricTable:
+    """``M`` of a split's cells, from ``{dir}/metric-{split}.npz``.
+
+    With ``cfg.metric.compute_missing`` the cells absent from the file are
+    computed here (forward-mode Jacobians of ``Phi``) and the file rewritten
+    atomically with the union: small runs need no separate metric job.
+    """
+
+    def __init__(self, cfg: TrainConfig, split: str, need: np.ndarray, device: Any = "cpu",
+                 progress: bool = True):
+        self.path = Path(cfg.metric.dir) / f"metric-{split}.npz"
+        ids, M, header = self._read(cfg)
+        missing = np.setdiff1d(need, ids)
+        if len(missing):
+            if not cfg.metric.compute_missing:
+                raise ValueError(
+                    f"the metric of {len(missing)} of the run's {len(need)} {split} cells is not in "
+                    f"{self.path}; compute it with 'tympan train metric --split {split} --out "
+                    f"{cfg.metric.dir}' and 'tympan train merge-metric --split {split} --out "
+                    f"{cfg.metric.dir}', or set [metric] compute_missing = true (small runs)")
+            new = self._compute(cfg, missing, device, progress)
+            ids = np.concatenate([ids, missing])
+            M = np.concatenate([M, new])
+            order = np.argsort(ids)
+            ids, M = ids[order], M[order]
+            header = self._header(cfg)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            protocol = cfg.data.protocol
+            atomic_savez(self.path, cell_ids=ids, nu=protocol.nu(ids), theta=protocol.theta(ids),
+                         M=M, eigvals=np.linalg.eigvalsh(M), header=json_array(header))
+        self.ids = ids
+        self.M = torch.as_tensor(M, dtype=torch.float32)
+
+    def lookup(self, ids: np.ndarray) -> torch.Tensor:
+        """``M`` of these cells, ``[B, 5, 5]`` float32 (CPU)."""
+        pos = np.searchsorted(self.ids, ids)
+        return self.M[torch.as_tensor(pos)]
+
+    @staticmethod
+    def _header(cfg: TrainConfig) -> dict[str, Any]:
+        return {"phi": cfg.metric.phi, "sr": cfg.data.sr, "n_samples": cfg.data.n_samples,
+                "protocol": cfg.data.protocol.to_dict(),
+                "jtfs": {k: v for k, v in cfg.jtfs.items()}}
+
+    def _read(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self.path.exists():
+            return np.zeros(0, np.int64), np.zeros((0, 5, 5)), {}
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                ids, M, header = f["cell_ids"], f["M"], json.loads(str(f["header"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"cannot read the metric file {self.path}: {err}") from None
+        for key in ("phi", "sr", "n_samples", "protocol"):
+            if key in header and header[key] != self._header(cfg)[key]:
+                raise ValueError(f"{self.path} was computed with {key} = {header[key]!r}, this run "
+                                 f"uses {self._header(cfg)[key]!r}: point [metric] dir elsewhere")
+        return ids.astype(np.int64), M.astype(np.float64), header
+
+    def _compute(self, cfg: TrainConfig, ids: np.ndarray, device: Any, progress: bool) -> np.ndarray:
+        from tqdm import tqdm
+
+        from .metric import metric
+        twin = MembraneTwin(cfg.data.sr, cfg.data.n_samples).to(device)
+        phi = make_phi(cfg, device)
+        nu = cfg.data.protocol.nu(ids)
+        out = []
+        with tqdm(total=len(ids), unit="sound", desc="metric", disable=not progress) as bar:
+            for s in range(0, len(ids), 8):
+                part = torch.as_tensor(nu[s:s + 8], dtype=torch.float32, device=device)
+                out.append(metric(part, twin, phi)[0].cpu().numpy())
+                bar.update(len(part))
+        return np.concatenate(out).astype(np.float64)

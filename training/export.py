@@ -1,0 +1,94 @@
+"""Export a training checkpoint as the matcher's portable ``.tympan`` artifact.
+
+See :mod:`matcher.model` for the format. The artifact carries the encoder's
+weights (float32, eval-mode state: BatchNorm running statistics included), the
+parameter table, the feature and training configurations, the test metrics of
+``tympan train evaluate`` when they are found beside the checkpoint, and the
+library versions. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
+from synth.params import PARAMS
+
+from .cli import OneLineParser
+from .config import TrainConfig
+from .trainer import load_checkpoint
+
+__all__ = ["export", "export_main"]
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("nnAudio", "kymatio", "safetensors"):
+        try:
+            from importlib.metadata import version
+            out[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            pass
+    return out
+
+
+def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None) -> Path:
+    """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
+
+    ``metrics``: an evaluation JSON (default: ``eval-test.json`` beside the
+    checkpoint, if present).
+    """
+    from safetensors.torch import save_file
+
+    ck = load_checkpoint(ckpt)
+    cfg = TrainConfig.from_dict(ck["config"])
+    ckpt = Path(ckpt)
+    metrics_path = Path(metrics) if metrics else ckpt.parent / f"eval-test-{ckpt.stem}.json"
+    test_metrics: dict[str, Any] | None = None
+    if metrics_path.exists():
+        test_metrics = json.loads(metrics_path.read_text())
+    elif metrics:
+        raise ValueError(f"metrics file {metrics_path} does not exist")
+    info = {
+        "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+        "pitch_known": cfg.pitch_known,
+        "parameters": [{"name": p.name, "unit": p.unit, "low": p.low, "high": p.high,
+                        "scale": p.scale, "description": p.description} for p in PARAMS],
+        "features": cfg.features.to_dict(),
+        "training": {"config": cfg.to_dict(), "step": ck["step"], "epoch": ck["epoch"],
+                     "best": ck["best"], "checkpoint": ckpt.name},
+        "test_metrics": test_metrics,
+        "versions": _versions(),
+    }
+    tensors = {k: v.detach().contiguous().clone() for k, v in ck["model"].items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"tympan": json.dumps(info)})
+    os.replace(tmp, out)
+    return out
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``tympan train export CKPT -o model.tympan``."""
+    parser = OneLineParser(prog="tympan train export", description=(
+        "Write a checkpoint as a portable .tympan model (safetensors + JSON) for the matcher."))
+    parser.add_argument("ckpt", help="training checkpoint (best.pt or last.pt of a run)")
+    parser.add_argument("-o", "--out", required=True, help="output file, e.g. model.tympan")
+    parser.add_argument("--metrics", help="evaluation JSON to embed (default: the one "
+                        "'tympan train evaluate' wrote beside the checkpoint)")
+    args = parser.parse_args(argv)
+    path = export(args.ckpt, args.out, args.metrics)
+    from matcher.model import MatcherModel
+    model = MatcherModel.load(path)      # prove it loads before saying so
+    n = sum(p.numel() for p in model.encoder.parameters())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {n:,} weights, "
+          f"{'with' if model.info['test_metrics'] else 'without'} test metrics)")
+    return 0
