@@ -1,5 +1,7 @@
 """Tympan's sound matcher: recorded hit -> membrane parameters (imports ``synth``).
 
-Not built yet: audio loading, CQT features, the EfficientNet-B0 encoder,
-JTFS and refinement arrive with the matcher and JTFS issues.
+audio (load, onset-align) -> features (CQT) -> encoder -> model (exported
+artifact) -> match (MatchResult: parameters, distances, determination via the
+metric); jtfs and distances are the perceptual side. Refinement and the
+nearest-neighbour baseline are still to come.
 """

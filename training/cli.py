@@ -9,10 +9,11 @@ line to :data:`SUBCOMMANDS`.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
+
+from matcher.cli import OneLineParser
 
 __all__ = ["OneLineParser", "SUBCOMMANDS", "main"]
 
@@ -29,13 +30,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("training.export", "export_main",
                "write a checkpoint as a portable .tympan model for the matcher"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _usage() -> str:

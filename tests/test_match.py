@@ -1,0 +1,221 @@
+"""The matcher end to end (``matcher.match``, ``tympan match``) on a tiny, untrained model.
+
+The model (``configs/tiny/p.toml``: 8192 samples at 22050 Hz, cut to one training
+step) is fitted and exported once per module, so these tests check plumbing, not accuracy:
+finite results inside the parameter ranges, distances, timings, determination, the
+CLI's JSON and ``--out`` file, and one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pedalboard.io import AudioFile
+
+from matcher import match as match_module
+from matcher.audio import prepare_hit
+from matcher.match import Matcher, determination
+from matcher.model import DEFAULT_MODEL
+from synth.params import NAMES, PARAMS
+from synth.twin import MembraneTwin
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "tympan_cli.py"), "match"]
+SR = 22050
+THETA = [[200.0, 0.3, 1e-3, 1e-3, 0.7]]   # f0 Hz, tau s, p, D, alpha
+
+
+def synth_hit(n: int, sr: float = SR) -> np.ndarray:
+    """A membrane hit of :data:`THETA`, float32 ``[n]`` at ``sr``, peak 0.5."""
+    y = MembraneTwin(float(sr), n)(torch.tensor(THETA, dtype=torch.float64))[0]
+    return (0.5 * y).numpy().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from training.config import load_config
+    from training.export import export
+    from training.trainer import fit
+
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = load_config(ROOT / "configs" / "tiny" / "p.toml")
+    cfg = replace(cfg, log=replace(cfg.log, dir=str(tmp / "runs"), progress=False,
+                                   tensorboard=False),
+                  optim=replace(cfg.optim, max_steps=1), data=replace(cfg.data, n_val=4))
+    return export(fit(cfg) / "best.pt", tmp / "tiny.tympan")
+
+
+@pytest.fixture(scope="module")
+def hit_wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "hit.wav"
+    with AudioFile(str(path), "w", samplerate=SR, num_channels=1) as f:
+        f.write(synth_hit(SR // 2)[None])                 # 0.5 s: longer than the window
+    return path
+
+
+@pytest.fixture(scope="module")
+def matcher(tiny_model) -> Matcher:
+    return Matcher(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def result(matcher, hit_wav):
+    return matcher.match_file(hit_wav, determine=True)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_model_side_settings_follow_the_model(matcher):
+    assert (matcher.audio_config.sr, matcher.audio_config.n_samples) == (SR, 8192)
+    assert (matcher.twin.sr, matcher.twin.n_samples) == (SR, 8192)
+    assert (matcher.jtfs_config.N, matcher.jtfs_config.sr) == (8192, SR)
+
+
+def test_result_is_finite_and_inside_the_ranges(result, hit_wav):
+    assert result.source == str(hit_wav)
+    assert len(result.nu) == 5 and all(-1.0 <= v <= 1.0 for v in result.nu)
+    assert list(result.theta) == list(NAMES)
+    for spec in PARAMS:
+        assert spec.contains(result.theta[spec.name]), (spec.name, result.theta[spec.name])
+        assert result.units[spec.name] == spec.unit
+    for d in (result.jtfs_distance, result.mss_distance):
+        assert math.isfinite(d) and d >= 0
+    assert {"load", "encode", "render", "distances", "metric", "total"} <= set(result.timings_ms)
+    assert all(math.isfinite(v) and v >= 0 for v in result.timings_ms.values())
+    assert result.onset_seconds == 0.0 and result.truncated      # 0.5 s hit, 0.37 s window
+    assert json.loads(json.dumps(result.to_json())) == result.to_json()
+
+
+def test_table_names_parameters_units_and_distances(result):
+    text = result.table()
+    for spec in PARAMS:
+        assert spec.name in text and spec.range_text() in text
+    assert "Hz" in text and "JTFS distance" in text and "identifiability" in text
+
+
+def test_determination_is_finite_and_non_negative(result):
+    det = result.determination
+    assert set(det) == {"sensitivity", "identifiability"}
+    for values in det.values():
+        assert list(values) == list(NAMES)
+        assert all(math.isfinite(v) and v >= 0 for v in values.values())
+    for k in NAMES:   # compensation by the others can only lower the change
+        assert det["identifiability"][k] <= det["sensitivity"][k] * (1 + 1e-9)
+
+
+def test_determination_definition_on_simple_metrics():
+    # Orthogonal columns: nothing compensates, identifiability = sensitivity = |column|.
+    det = determination(np.diag([4.0, 1.0, 0.25, 9.0, 0.0]))
+    assert list(det["sensitivity"].values()) == pytest.approx([2, 1, 0.5, 3, 0])
+    assert list(det["identifiability"].values()) == pytest.approx([2, 1, 0.5, 3, 0], abs=1e-9)
+    # Identifiability is the residual of column k against the others (Schur complement).
+    rng = np.random.default_rng(0)
+    jac = rng.normal(size=(40, 5))
+    jac[:, 4] = jac[:, 3] + 1e-3 * rng.normal(size=40)   # D and alpha nearly trade off
+    det = determination(jac.T @ jac)
+    for k, name in enumerate(NAMES):
+        others = np.delete(jac, k, axis=1)
+        c = np.linalg.lstsq(others, jac[:, k], rcond=None)[0]
+        residual = np.linalg.norm(jac[:, k] - others @ c)
+        assert det["identifiability"][name] == pytest.approx(residual, rel=1e-5)
+        assert det["sensitivity"][name] == pytest.approx(np.linalg.norm(jac[:, k]))
+    assert det["identifiability"]["alpha"] < 1e-2 * det["sensitivity"]["alpha"]
+    with pytest.raises(ValueError, match="expected a finite"):
+        determination(np.full((5, 5), np.nan))
+
+
+def test_distances_of_the_target_to_itself_are_zero_and_render_matches(matcher, result, hit_wav):
+    from matcher.audio import load_hit
+
+    target = load_hit(hit_wav, matcher.audio_config).audio
+    assert matcher.distances(target, target) == (0.0, 0.0)
+    est = matcher.render(result)
+    assert est.shape == (8192,) and est.dtype == np.float32
+    assert np.abs(est).max() == pytest.approx(1.0, abs=1e-6)
+    jt, ms = matcher.distances(est, target)
+    assert jt == pytest.approx(result.jtfs_distance, rel=1e-5)
+    assert ms == pytest.approx(result.mss_distance, rel=1e-5)
+
+
+def test_match_hit_agrees_with_the_file_and_takes_a_known_f0(matcher, result):
+    hit = prepare_hit(synth_hit(SR // 2), SR, matcher.audio_config, name="array")
+    known = matcher.match_hit(hit, f0_hz=250.0)          # replaces the model's f0
+    assert known.theta["f0"] == pytest.approx(250.0)
+    assert known.determination is None and "metric" not in known.timings_ms
+    np.testing.assert_allclose(known.nu[1:], result.nu[1:], atol=1e-4)
+
+
+def test_bad_arguments_raise_clear_errors(matcher, tiny_model, monkeypatch, tmp_path):
+    hit = prepare_hit(synth_hit(SR // 2), SR, matcher.audio_config)
+    with pytest.raises(ValueError, match="'f0'.*out of range"):
+        matcher.match_hit(hit, f0_hz=5000.0)
+    monkeypatch.setattr(matcher.model, "pitch_known", True)
+    with pytest.raises(ValueError, match="pitch known"):
+        matcher.match_hit(hit)
+    monkeypatch.undo()
+    short = prepare_hit(synth_hit(4096), SR, replace(matcher.audio_config, n_samples=4096))
+    with pytest.raises(ValueError, match=r"needs \[8192\] samples"):
+        matcher.match_hit(short)
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        Matcher(tiny_model, device="tpu")
+    monkeypatch.setattr(match_module, "DEFAULT_MODEL", tmp_path / "none.tympan")
+    with pytest.raises(ValueError, match="no default model"):
+        Matcher()
+
+
+def test_cli_json_and_out(tiny_model, hit_wav, tmp_path):
+    out = tmp_path / "matched.wav"
+    proc = run_cli(hit_wav, "--model", tiny_model, "--onset", "0", "--json", "--out", out,
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert list(doc["theta"]) == list(NAMES) and len(doc["nu"]) == 5
+    assert doc["determination"] is None and doc["out"] == str(out)
+    assert math.isfinite(doc["jtfs_distance"]) and doc["jtfs_distance"] >= 0
+    with AudioFile(str(out)) as f:
+        assert (f.samplerate, f.num_channels, f.frames) == (SR, 1, 8192)
+        audio = f.read(f.frames)
+    assert np.isfinite(audio).all() and 0.5 < np.abs(audio).max() <= 1.0
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "model"])
+def test_cli_bad_input_is_one_line_and_exit_2(case, tiny_model, hit_wav, tmp_path):
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n")
+    args = {"missing": [tmp_path / "missing.wav", "--model", tiny_model],
+            "text": [text, "--model", tiny_model],
+            "model": [hit_wav, "--model", text]}[case]
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_cli_usage_error_is_one_line():
+    proc = run_cli("x.wav", "--device", "tpu")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"no shipped model at {DEFAULT_MODEL}")
+def test_default_model_matches_a_synthesized_hit(tmp_path):
+    m = Matcher(device="cpu")
+    sr, n = m.audio_config.sr, m.audio_config.n_samples
+    path = tmp_path / "hit.wav"
+    with AudioFile(str(path), "w", samplerate=sr, num_channels=1) as f:
+        f.write(synth_hit(n, sr)[None])
+    res = m.match_file(path)     # accuracy tolerances are set with the trained model
+    assert all(-1.0 <= v <= 1.0 for v in res.nu)
+    assert math.isfinite(res.jtfs_distance) and math.isfinite(res.mss_distance)
