@@ -72,6 +72,7 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"tympan": json.dumps(info)})
+    os.chmod(tmp, 0o644)                 # a model file is for sharing (safetensors writes 0600)
     os.replace(tmp, out)
     return out
 
