@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 __all__ = ["OneLineParser", "main"]
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="tympan match",
         description="Estimate the membrane parameters (f0, tau, p, D, alpha) of a recorded "
                     "drum hit, and report how close the matched sound is.")
-    p.add_argument("file", metavar="FILE", help="audio file with the hit (wav, flac, aiff, ogg, mp3)")
+    p.add_argument("file", metavar="FILE", help="audio file with the hit (wav, flac, aiff, ogg, "
+                   "mp3), or a folder: every audio file in it is matched")
     p.add_argument("--model", metavar="ARTIFACT", default=None,
                    help="model artifact (.tympan, from 'tympan train export'); default: the "
                         "shipped model")
@@ -42,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="known fundamental, Hz (required by pitch-known models; otherwise it "
                         "replaces the estimate)")
     p.add_argument("--out", metavar="FILE", default=None,
-                   help="write the matched hit here (model-side rate; format by extension)")
+                   help="write the matched hit here (model-side rate; format by extension); "
+                        "for a folder: a folder receiving NAME-matched.wav per file")
+    p.add_argument("--summary", metavar="FILE", default=None,
+                   help="folder mode: where to write the JSON summary (default: "
+                        "./tympan-match-FOLDER.json)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
@@ -63,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``--out`` cannot be written.
     """
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if Path(args.file).is_dir():
+        return _match_folder(args)
     from synth.export import check_destination, write_audio
 
     out = check_destination(args.out) if args.out is not None else None  # before any work
@@ -84,3 +92,63 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out} ({matcher.audio_config.n_samples} samples at "
                   f"{matcher.audio_config.sr:g} Hz)")
     return 0
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
+
+
+def _match_folder(args: argparse.Namespace) -> int:
+    """``tympan match DIR``: every audio file in DIR (not recursive), a progress bar,
+    a table and a JSON summary. Exit 0 if all matched, 1 if some failed."""
+    import os
+
+    from tqdm import tqdm
+
+    from synth.export import write_audio
+
+    from .audio import AudioError
+    from .match import Matcher
+
+    folder = Path(args.file)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"folder {folder} holds no audio files (allowed: "
+                         f"{', '.join(AUDIO_SUFFIXES)})")
+    if args.onset is not None:
+        raise ValueError("--onset applies to one file; for a folder every onset is detected")
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = Path(args.summary or f"tympan-match-{folder.resolve().name}.json")
+    matcher = Matcher(args.model, args.device)
+    results, failed = [], []
+    for path in tqdm(files, unit="file", desc="match", file=sys.stderr, dynamic_ncols=True):
+        try:
+            r = matcher.match_file(path, determine=args.determine, f0_hz=args.f0)
+        except AudioError as err:          # a bad file is reported, the others go on
+            failed.append({"source": str(path), "error": str(err)})
+            continue
+        doc = r.to_json()
+        if out_dir is not None:
+            dest = out_dir / f"{path.stem}-matched.wav"
+            write_audio(dest, matcher.render(r), matcher.audio_config.sr)
+            doc["out"] = str(dest)
+        results.append(doc)
+    summary = {"folder": str(folder), "model": str(matcher.path), "matched": results,
+               "failed": failed}
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, summary_path)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        names = [n for n in results[0]["theta"]] if results else []
+        print(f"{'file':28s} " + " ".join(f"{n:>9s}" for n in names) + f" {'JTFS':>7s} {'MSS':>6s}")
+        for d in results:
+            print(f"{Path(d['source']).name[:28]:28s} "
+                  + " ".join(f"{d['theta'][n]:9.4g}" for n in names)
+                  + f" {d['jtfs_distance']:7.3f} {d['mss_distance']:6.3f}")
+        for f in failed:
+            print(f"{Path(f['source']).name[:28]:28s} failed: {f['error']}")
+        print(f"matched {len(results)} of {len(files)} files; summary in {summary_path}")
+    return 1 if failed else 0

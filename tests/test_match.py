@@ -219,3 +219,28 @@ def test_default_model_matches_a_synthesized_hit(tmp_path):
     res = m.match_file(path)     # accuracy tolerances are set with the trained model
     assert all(-1.0 <= v <= 1.0 for v in res.nu)
     assert math.isfinite(res.jtfs_distance) and math.isfinite(res.mss_distance)
+
+
+def test_a_folder_is_matched_file_by_file_with_a_summary(tiny_model, tmp_path):
+    folder = tmp_path / "hits"
+    folder.mkdir()
+    for name in ("a.wav", "b.flac"):
+        with AudioFile(str(folder / name), "w", samplerate=44100, num_channels=2) as f:
+            f.write(np.stack([synth_hit(22050, 44100)] * 2))
+    (folder / "broken.wav").write_text("not audio")
+    (folder / "notes.txt").write_text("skipped: not an audio suffix")
+    out, summary = tmp_path / "matched", tmp_path / "summary.json"
+    r = run_cli(folder, "--model", tiny_model, "--out", out, "--summary", summary)
+    assert r.returncode == 1, r.stderr            # one file failed, the others matched
+    assert "matched 2 of 3 files" in r.stdout and "broken.wav" in r.stdout
+    doc = json.loads(summary.read_text())
+    assert [Path(d["source"]).name for d in doc["matched"]] == ["a.wav", "b.flac"]
+    assert len(doc["failed"]) == 1 and "broken.wav" in doc["failed"][0]["error"]
+    for d in doc["matched"]:
+        assert all(-1 <= v <= 1 for v in d["nu"])
+        with AudioFile(d["out"]) as f:
+            assert f.frames == 8192 and f.samplerate == SR
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(empty, "--model", tiny_model)
+    assert r.returncode == 2 and "no audio files" in r.stderr and "Traceback" not in r.stderr
