@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
                         "(sensitivity, identifiability; seconds on a CPU)")
+    p.add_argument("--refine", nargs="?", const="adam", choices=("adam", "lm"), default=None,
+                   help="refine the encoder's estimate through the synthesizer: adam (on "
+                        "--refine-loss; the default) or lm (Levenberg-Marquardt on the JTFS)")
+    p.add_argument("--refine-loss", choices=("mss", "jtfs"), default="mss",
+                   help="distance descended by adam (mss)")
+    p.add_argument("--budget-ms", type=float, default=1000.0, metavar="MS",
+                   help="time allowed to refinement, ms (1000)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     return p
@@ -78,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matcher = Matcher(args.model, args.device)
     result = matcher.match_file(args.file, onset=args.onset, determine=args.determine,
-                                f0_hz=args.f0)
+                                f0_hz=args.f0, **_refine_options(args))
     if out is not None:
         write_audio(out, matcher.render(result), matcher.audio_config.sr)
     if args.json:
@@ -92,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out} ({matcher.audio_config.n_samples} samples at "
                   f"{matcher.audio_config.sr:g} Hz)")
     return 0
+
+
+def _refine_options(args: argparse.Namespace) -> dict:
+    if args.budget_ms is None or not args.budget_ms > 0:
+        raise ValueError(f"--budget-ms {args.budget_ms}: allowed a positive number of ms")
+    return {"refine": args.refine, "refine_loss": args.refine_loss, "budget_ms": args.budget_ms}
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
@@ -124,7 +137,8 @@ def _match_folder(args: argparse.Namespace) -> int:
     results, failed = [], []
     for path in tqdm(files, unit="file", desc="match", file=sys.stderr, dynamic_ncols=True):
         try:
-            r = matcher.match_file(path, determine=args.determine, f0_hz=args.f0)
+            r = matcher.match_file(path, determine=args.determine, f0_hz=args.f0,
+                                   **_refine_options(args))
         except AudioError as err:          # a bad file is reported, the others go on
             failed.append({"source": str(path), "error": str(err)})
             continue

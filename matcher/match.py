@@ -53,6 +53,7 @@ from .audio import AudioConfig, Hit, load_hit
 from .distances import jtfs_distance, multiscale_spectral_distance
 from .jtfs import JTFS, JTFSConfig
 from .metric import metric
+from .refine import refine as refine_nu
 from .model import DEFAULT_MODEL, MatcherModel
 
 __all__ = ["MatchResult", "Matcher", "determination", "metric"]
@@ -94,6 +95,9 @@ class MatchResult:
         Time in the source of the prepared hit's first sample, s.
     truncated : bool
         The source was still sounding where the model-side window ends.
+    refinement : dict or None
+        With refinement: method, loss, the descended distance at the encoder's
+        estimate (``start``) and after (``best``), iterations, time.
     """
 
     source: str
@@ -106,6 +110,7 @@ class MatchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     onset_seconds: float = 0.0
     truncated: bool = False
+    refinement: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict (plain floats, strings, lists, dicts)."""
@@ -132,6 +137,10 @@ class MatchResult:
                          "others fixed / others compensating")
         if self.truncated:
             lines.append("note: the hit is longer than the model's window; its tail was cut")
+        if self.refinement is not None:
+            r = self.refinement
+            lines.append(f"refined ({r['method']}, {r['loss']}): {r['start']:.4g} -> {r['best']:.4g} "
+                         f"in {r['iterations']} iterations, {r['elapsed_ms']:.0f} ms")
         lines.append("time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in self.timings_ms.items()))
         return "\n".join(lines)
 
@@ -235,7 +244,7 @@ class Matcher:
         return self._jtfs
 
     def match_file(self, path: str | Path, onset: float | None = None, determine: bool = False,
-                   f0_hz: float | None = None) -> MatchResult:
+                   f0_hz: float | None = None, **refine_options: Any) -> MatchResult:
         """Match the hit in an audio file.
 
         Parameters
@@ -244,7 +253,7 @@ class Matcher:
             Any file :func:`matcher.audio.load_hit` reads.
         onset : float, optional
             Start of the hit in the file, s; default detected.
-        determine, f0_hz
+        determine, f0_hz, refine_options
             As in :meth:`match_hit`.
 
         Raises
@@ -255,13 +264,14 @@ class Matcher:
         t0 = time.perf_counter()
         hit = load_hit(path, self.audio_config, onset)
         load_ms = 1e3 * (time.perf_counter() - t0)
-        result = self.match_hit(hit, determine=determine, f0_hz=f0_hz)
+        result = self.match_hit(hit, determine=determine, f0_hz=f0_hz, **refine_options)
         result.timings_ms = {"load": load_ms, **result.timings_ms}
         result.timings_ms["total"] += load_ms
         return result
 
-    def match_hit(self, hit: Hit, determine: bool = False, f0_hz: float | None = None
-                  ) -> MatchResult:
+    def match_hit(self, hit: Hit, determine: bool = False, f0_hz: float | None = None,
+                  refine: str | None = None, refine_loss: str = "mss",
+                  budget_ms: float = 1000.0) -> MatchResult:
         """Match a prepared hit.
 
         Parameters
@@ -274,6 +284,13 @@ class Matcher:
             The hit's fundamental, Hz, in ``[40, 1000]``. Required by a
             pitch-known model (its encoder takes f0 as given); for a model
             that estimates f0, it replaces the estimate.
+        refine : {None, "adam", "lm"}
+            Test-time refinement of the encoder's estimate (:mod:`matcher.refine`);
+            with ``f0_hz`` given, f0 is set back to it afterwards.
+        refine_loss : {"mss", "jtfs"}
+            The distance ``adam`` descends (``lm`` uses the JTFS residual).
+        budget_ms : float
+            Time allowed to refinement, ms.
 
         Raises
         ------
@@ -308,6 +325,18 @@ class Matcher:
         if f0_hz is not None:
             theta[0] = f0
         nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
+        refined = None
+        if refine is not None:
+            with self._timer(t, "refine"):
+                r = refine_nu(nu, target[0], self.twin, method=refine, loss=refine_loss,
+                              budget_ms=budget_ms,
+                              phi=self.jtfs.phi if (refine == "lm" or refine_loss == "jtfs") else None)
+            theta = clamp_theta(nu_to_theta(r.nu))
+            if f0_hz is not None:
+                theta[0] = f0
+            nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
+            refined = {"method": r.method, "loss": r.loss, "start": r.start, "best": r.best,
+                       "iterations": r.iterations, "elapsed_ms": r.elapsed_ms}
         with self._timer(t, "render"):
             est = self._render(nu)
         with self._timer(t, "distances"):
@@ -322,7 +351,7 @@ class Matcher:
             source=hit.source, theta=dict(zip(NAMES, map(float, theta))), units=dict(_UNITS),
             nu=[float(v) for v in nu], jtfs_distance=d_jtfs, mss_distance=d_mss,
             determination=det, timings_ms=t, onset_seconds=float(hit.onset_seconds),
-            truncated=bool(hit.truncated))
+            truncated=bool(hit.truncated), refinement=refined)
 
     def render(self, result: MatchResult) -> np.ndarray:
         """Model-side audio of a match: float32 ``[n_samples]`` at ``audio_config.sr`` Hz, peak 1."""

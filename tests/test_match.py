@@ -244,3 +244,16 @@ def test_a_folder_is_matched_file_by_file_with_a_summary(tiny_model, tmp_path):
     empty.mkdir()
     r = run_cli(empty, "--model", tiny_model)
     assert r.returncode == 2 and "no audio files" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_refine_never_reports_a_worse_distance(tiny_model, hit_wav):
+    r = run_cli(hit_wav, "--model", tiny_model, "--refine", "--budget-ms", "2000", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ref = doc["refinement"]
+    assert ref["method"] == "adam" and ref["loss"] == "mss" and ref["iterations"] >= 1
+    assert ref["best"] <= ref["start"]
+    assert doc["mss_distance"] == pytest.approx(ref["best"], rel=1e-3)
+    assert "refine" in doc["timings_ms"]
+    bad = run_cli(hit_wav, "--model", tiny_model, "--refine", "--budget-ms", "0")
+    assert bad.returncode == 2 and "budget" in bad.stderr and "Traceback" not in bad.stderr
