@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", metavar="FILE", default=None,
                    help="folder mode: where to write the JSON summary (default: "
                         "./tympan-match-FOLDER.json)")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="draw target and match side by side (waveform and CQT)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
@@ -88,16 +90,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 f0_hz=args.f0, **_refine_options(args))
     if out is not None:
         write_audio(out, matcher.render(result), matcher.audio_config.sr)
+    if args.plot is not None:
+        from .audio import load_hit
+        from .plot import plot_match
+
+        target = load_hit(args.file, matcher.audio_config, args.onset).audio
+        plot_match(target, matcher.render(result), matcher.model.features,
+                   matcher.audio_config.sr, args.plot,
+                   f"{Path(args.file).name}: JTFS {result.jtfs_distance:.3g}, "
+                   f"MSS {result.mss_distance:.3g}")
     if args.json:
         doc = result.to_json()
         doc["model"] = str(matcher.path)
         doc["out"] = None if out is None else str(out)
+        doc["plot"] = args.plot
         print(json.dumps(doc, indent=2))
     else:
         print(result.table())
         if out is not None:
             print(f"wrote {out} ({matcher.audio_config.n_samples} samples at "
                   f"{matcher.audio_config.sr:g} Hz)")
+        if args.plot is not None:
+            print(f"wrote {args.plot}")
     return 0
 
 
@@ -127,8 +141,8 @@ def _match_folder(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"folder {folder} holds no audio files (allowed: "
                          f"{', '.join(AUDIO_SUFFIXES)})")
-    if args.onset is not None:
-        raise ValueError("--onset applies to one file; for a folder every onset is detected")
+    if args.onset is not None or args.plot is not None:
+        raise ValueError("--onset and --plot apply to one file, not to a folder")
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -257,3 +257,12 @@ def test_cli_refine_never_reports_a_worse_distance(tiny_model, hit_wav):
     assert "refine" in doc["timings_ms"]
     bad = run_cli(hit_wav, "--model", tiny_model, "--refine", "--budget-ms", "0")
     assert bad.returncode == 2 and "budget" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_plot_writes_a_png(tiny_model, hit_wav, tmp_path):
+    png = tmp_path / "match.png"
+    r = run_cli(hit_wav, "--model", tiny_model, "--plot", png)
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    r = run_cli(hit_wav.parent, "--model", tiny_model, "--plot", png)
+    assert r.returncode == 2 and "apply to one file" in r.stderr
