@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
                         "(sensitivity, identifiability; seconds on a CPU)")
+    p.add_argument("--method", choices=("encoder", "nn"), default="encoder",
+                   help="encoder (default) or nn: the nearest sound of --nn-index (a baseline)")
+    p.add_argument("--nn-index", metavar="FILE", default=None,
+                   help="nearest-neighbour index for --method nn ('tympan train nn-index')")
     p.add_argument("--refine", nargs="?", const="adam", choices=("adam", "lm"), default=None,
                    help="refine the encoder's estimate through the synthesizer: adam (on "
                         "--refine-loss; the default) or lm (Levenberg-Marquardt on the JTFS)")
@@ -85,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = check_destination(args.out) if args.out is not None else None  # before any work
     from .match import Matcher
 
-    matcher = Matcher(args.model, args.device)
+    options = _refine_options(args)
+    matcher = Matcher(args.model, args.device, args.nn_index)
     result = matcher.match_file(args.file, onset=args.onset, determine=args.determine,
-                                f0_hz=args.f0, **_refine_options(args))
+                                f0_hz=args.f0, **options)
     if out is not None:
         write_audio(out, matcher.render(result), matcher.audio_config.sr)
     if args.plot is not None:
@@ -118,7 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _refine_options(args: argparse.Namespace) -> dict:
     if args.budget_ms is None or not args.budget_ms > 0:
         raise ValueError(f"--budget-ms {args.budget_ms}: allowed a positive number of ms")
-    return {"refine": args.refine, "refine_loss": args.refine_loss, "budget_ms": args.budget_ms}
+    if args.method == "nn" and args.nn_index is None:
+        raise ValueError("--method nn needs --nn-index FILE (build one with 'tympan train "
+                         "nn-index --out FILE')")
+    return {"refine": args.refine, "refine_loss": args.refine_loss, "budget_ms": args.budget_ms,
+            "method": args.method}
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
@@ -147,12 +156,12 @@ def _match_folder(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = Path(args.summary or f"tympan-match-{folder.resolve().name}.json")
-    matcher = Matcher(args.model, args.device)
+    options = _refine_options(args)
+    matcher = Matcher(args.model, args.device, args.nn_index)
     results, failed = [], []
     for path in tqdm(files, unit="file", desc="match", file=sys.stderr, dynamic_ncols=True):
         try:
-            r = matcher.match_file(path, determine=args.determine, f0_hz=args.f0,
-                                   **_refine_options(args))
+            r = matcher.match_file(path, determine=args.determine, f0_hz=args.f0, **options)
         except AudioError as err:          # a bad file is reported, the others go on
             failed.append({"source": str(path), "error": str(err)})
             continue

@@ -55,6 +55,7 @@ from .jtfs import JTFS, JTFSConfig
 from .metric import metric
 from .refine import refine as refine_nu
 from .model import DEFAULT_MODEL, MatcherModel
+from .nn import NNIndex
 
 __all__ = ["MatchResult", "Matcher", "determination", "metric"]
 
@@ -215,7 +216,8 @@ class Matcher:
         too short for the reference JTFS (``n_samples < 2**13``).
     """
 
-    def __init__(self, model: str | Path | None = None, device: str | None = None) -> None:
+    def __init__(self, model: str | Path | None = None, device: str | None = None,
+                 nn_index: str | Path | None = None) -> None:
         self.device = _device(device)
         path = Path(DEFAULT_MODEL if model is None else model)
         if model is None and not path.is_file():
@@ -235,6 +237,10 @@ class Matcher:
             raise ValueError(f"{path}: model length {fc.n_samples} samples does not fit the "
                              f"reference JTFS ({err})") from None
         self._jtfs: JTFS | None = None
+        self.nn: NNIndex | None = None
+        if nn_index is not None:          # the baseline: checked against this model's JTFS now
+            self.nn = NNIndex.load(nn_index)
+            self.nn.check(self.jtfs_config)
 
     @property
     def jtfs(self) -> JTFS:
@@ -271,7 +277,7 @@ class Matcher:
 
     def match_hit(self, hit: Hit, determine: bool = False, f0_hz: float | None = None,
                   refine: str | None = None, refine_loss: str = "mss",
-                  budget_ms: float = 1000.0) -> MatchResult:
+                  budget_ms: float = 1000.0, method: str = "encoder") -> MatchResult:
         """Match a prepared hit.
 
         Parameters
@@ -291,6 +297,9 @@ class Matcher:
             The distance ``adam`` descends (``lm`` uses the JTFS residual).
         budget_ms : float
             Time allowed to refinement, ms.
+        method : {"encoder", "nn"}
+            The estimate: the encoder, or the nearest point of the
+            nearest-neighbour index given to the constructor (the baseline).
 
         Raises
         ------
@@ -317,10 +326,19 @@ class Matcher:
                 _ = self.model.features, self.jtfs                # CQT kernels, JTFS filters
         target = torch.tensor(audio, dtype=torch.float32, device=self.device)[None]  # a copy:
         # hit.audio is read-only, which torch.as_tensor warns about
-        with self._timer(t, "encode"):
-            known = None if nu_f0 is None else torch.tensor([nu_f0], device=self.device)
-            raw = self.model.predict_nu(target, known if self.model.pitch_known else None)
-            raw = raw[0].double().cpu().numpy()
+        if method == "nn":
+            if self.nn is None:
+                raise ValueError("method 'nn' needs a nearest-neighbour index (--nn-index FILE; "
+                                 "'tympan train nn-index' builds one)")
+            with self._timer(t, "search"), torch.no_grad():
+                raw = self.nn.query(self.jtfs.phi(target))[0][0]
+        elif method == "encoder":
+            with self._timer(t, "encode"):
+                known = None if nu_f0 is None else torch.tensor([nu_f0], device=self.device)
+                raw = self.model.predict_nu(target, known if self.model.pitch_known else None)
+                raw = raw[0].double().cpu().numpy()
+        else:
+            raise ValueError(f"match method {method!r}: allowed encoder, nn")
         theta = clamp_theta(nu_to_theta(np.clip(raw, -1.0, 1.0)))
         if f0_hz is not None:
             theta[0] = f0

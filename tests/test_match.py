@@ -266,3 +266,51 @@ def test_cli_plot_writes_a_png(tiny_model, hit_wav, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     r = run_cli(hit_wav.parent, "--model", tiny_model, "--plot", png)
     assert r.returncode == 2 and "apply to one file" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def nn_index(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("nn") / "index.npz"
+    r = subprocess.run([sys.executable, str(ROOT / "tympan_cli.py"), "train", "nn-index",
+                        "--out", str(path), "--limit", "24", "--n-samples", "8192", "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def test_nn_index_returns_its_own_points_exactly(nn_index):
+    from matcher.nn import NNIndex
+
+    index = NNIndex.load(nn_index)
+    assert len(index) == 24 and index.phi.shape[0] == 24
+    nu, dist = index.query(index.phi[[3, 17]])
+    np.testing.assert_array_equal(nu, index.nu[[3, 17]])
+    assert np.all(dist < 1e-3)
+
+
+def test_cli_nn_method_picks_an_index_point(tiny_model, nn_index, hit_wav):
+    from matcher.nn import NNIndex
+
+    r = run_cli(hit_wav, "--model", tiny_model, "--method", "nn", "--nn-index", nn_index, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    stored = NNIndex.load(nn_index).nu
+    assert np.min(np.abs(stored - np.array(doc["nu"])).max(axis=1)) < 1e-9
+    assert "search" in doc["timings_ms"] and "encode" not in doc["timings_ms"]
+    bad = run_cli(hit_wav, "--model", tiny_model, "--method", "nn")
+    assert bad.returncode == 2 and "--nn-index" in bad.stderr
+
+
+def test_an_index_for_another_length_is_refused(tiny_model, tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from matcher.jtfs import JTFSConfig
+    from matcher.nn import NNIndex
+
+    other = NNIndex.build(np.zeros((2, 5)), dc_replace(JTFSConfig.reference(), N=16384),
+                          progress=False).save(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="built with JTFS"):
+        Matcher(tiny_model, "cpu", other)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a nearest-neighbour index"):
+        NNIndex.load(tmp_path / "junk.npz")

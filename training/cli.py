@@ -29,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                  "JTFS / spectral distances and parameter errors of a checkpoint on a split"),
     "export": ("training.export", "export_main",
                "write a checkpoint as a portable .tympan model for the matcher"),
+    "nn-index": ("training.nn_index", "nn_index_main",
+                 "JTFS features of a split's sounds: the nearest-neighbour baseline's index"),
 }
 
 
