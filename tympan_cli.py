@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "play": ("plugin_host.cli", "play_main", "play a kit live from MIDI"),
     "render": ("plugin_host.cli", "render_main", "render a MIDI file with a kit"),
     "train": ("training.cli", "main", "build datasets, metrics and models for the matcher"),
-    "match": ("matcher.cli", "main", "estimate membrane parameters from a recorded hit"),
+    "match": ("plugin_host.match_cli", "main", "estimate membrane parameters from a recorded hit"),
 }
 
 

@@ -15,7 +15,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:
+    from .match import MatchResult
 
 __all__ = ["OneLineParser", "main"]
 
@@ -71,8 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         on_result: Callable[[MatchResult], str | None] | None = None) -> int:
     """Entry point of ``tympan match``; returns the exit code.
+
+    ``on_result`` is called with a single file's result before printing; a
+    string it returns is printed after the report (``plugin_host`` uses it to
+    write the match into a kit, a layer above the matcher).
 
     Raises
     ------
@@ -83,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if Path(args.file).is_dir():
+        if on_result is not None:
+            raise ValueError("--kit/--pad take one file, not a folder")
         return _match_folder(args)
     from synth.export import check_destination, write_audio
 
@@ -93,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matcher = Matcher(args.model, args.device, args.nn_index)
     result = matcher.match_file(args.file, onset=args.onset, determine=args.determine,
                                 f0_hz=args.f0, **options)
+    extra = on_result(result) if on_result is not None else None
     if out is not None:
         write_audio(out, matcher.render(result), matcher.audio_config.sr)
     if args.plot is not None:
@@ -117,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{matcher.audio_config.sr:g} Hz)")
         if args.plot is not None:
             print(f"wrote {args.plot}")
+        if extra:
+            print(extra)
     return 0
 
 

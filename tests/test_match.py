@@ -314,3 +314,32 @@ def test_an_index_for_another_length_is_refused(tiny_model, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a nearest-neighbour index"):
         NNIndex.load(tmp_path / "junk.npz")
+
+
+def test_a_match_written_into_a_kit_plays_through_the_engine(tiny_model, hit_wav, tmp_path):
+    import mido
+
+    kit = tmp_path / "kit.json"
+    r = run_cli(hit_wav, "--model", tiny_model, "--kit", kit, "--pad", 60, "--json")
+    assert r.returncode == 0, r.stderr
+    theta = json.loads(r.stdout)["theta"]
+    pad = [p for p in json.loads(kit.read_text())["pads"] if p["note"] == 60][0]
+    assert pad["params"] == pytest.approx(theta, rel=1e-12)
+    assert pad["name"] == "match: hit.wav"
+    song = tmp_path / "song.mid"
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack([mido.Message("note_on", note=60, velocity=100, time=0),
+                            mido.Message("note_off", note=60, velocity=0, time=960)])
+    mid.tracks.append(track)
+    mid.save(str(song))
+    out = tmp_path / "out.wav"
+    done = subprocess.run([sys.executable, str(ROOT / "tympan_cli.py"), "render", str(song),
+                           "--kit", str(kit), "--no-effects", "-o", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with AudioFile(str(out)) as f:
+        y = f.read(f.frames)
+    assert np.abs(y[:, :4800]).max() > 0.05               # the matched hit sounds at once
+    for bad in (["--kit", kit], ["--pad", "61"], ["--kit", kit, "--pad", "x"]):
+        b = run_cli(hit_wav, "--model", tiny_model, *bad)
+        assert b.returncode == 2 and "--pad" in b.stderr and "Traceback" not in b.stderr
