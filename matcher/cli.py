@@ -149,11 +149,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
 def _match_folder(args: argparse.Namespace) -> int:
     """``tympan match DIR``: every audio file in DIR (not recursive), a progress bar,
     a table and a JSON summary. Exit 0 if all matched, 1 if some failed."""
-    import os
-
     from tqdm import tqdm
 
-    from synth.export import write_audio
+    from synth.export import atomic_write, write_audio
 
     from .audio import AudioError
     from .match import Matcher
@@ -186,9 +184,7 @@ def _match_folder(args: argparse.Namespace) -> int:
         results.append(doc)
     summary = {"folder": str(folder), "model": str(matcher.path), "matched": results,
                "failed": failed}
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, summary_path)
+    atomic_write(summary_path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

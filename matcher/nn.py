@@ -14,7 +14,6 @@ protocol split.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synth.export import atomic_write
 from synth.twin import MembraneTwin
 
 from .jtfs import JTFS, JTFSConfig
@@ -74,10 +74,8 @@ class NNIndex:
         """Write atomically (``.npz``, no pickles)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, nu=self.nu, phi=self.phi.numpy(), header=np.array(json.dumps(self.header)))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda f: np.savez(f, nu=self.nu, phi=self.phi.numpy(),
+                                                     header=np.array(json.dumps(self.header))))
 
     @classmethod
     def load(cls, path: str | Path) -> "NNIndex":

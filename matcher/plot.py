@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["plot_match"]
+from synth.export import atomic_write
+
+__all__ = ["plot_match", "save_figure"]
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def plot_match(target: np.ndarray, matched: np.ndarray, features: torch.nn.Module, sr: float,
@@ -28,7 +40,6 @@ def plot_match(target: np.ndarray, matched: np.ndarray, features: torch.nn.Modul
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     dev = next(iter(features.buffers())).device
     x = torch.tensor(np.stack([target, matched]), dtype=torch.float32, device=dev)
     with torch.no_grad():
@@ -55,8 +66,4 @@ def plot_match(target: np.ndarray, matched: np.ndarray, features: torch.nn.Modul
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)

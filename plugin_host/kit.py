@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from synth.export import atomic_write
 from synth.params import NAMES, DrumParams, ParameterError
 
 __all__ = ["CCMapping", "Kit", "KitError", "Pad", "Tracking", "VelocityCurve",
@@ -308,17 +308,8 @@ class Kit:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the kit as JSON, atomically (temporary file, then rename)."""
-        dest = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return dest
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _check_effects(effects: Any) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +27,8 @@ import torch
 
 from matcher.distances import jtfs_distance, multiscale_spectral_distance
 from matcher.encoder import Encoder
+from matcher.plot import save_figure
+from synth.export import atomic_write
 from synth.params import PARAMS, nu_to_theta
 
 from .cli import OneLineParser
@@ -35,7 +36,7 @@ from .config import TrainConfig
 from .data import Renderer, Split
 from .trainer import full_nu, load_checkpoint
 
-__all__ = ["evaluate", "evaluate_main"]
+__all__ = ["evaluate", "evaluate_main", "report_stem"]
 
 
 def _model(ck: dict[str, Any], cfg: TrainConfig, device: torch.device) -> Encoder:
@@ -79,15 +80,19 @@ def evaluate(ckpt: str | Path, split: str = "test", limit: int = 0, batch: int =
     nu_hat = torch.cat(nu_hats).double().numpy()
     jtfs_d, mss_d = torch.cat(jt).double().numpy(), torch.cat(ms).double().numpy()
     summary = _summary(cfg, ckpt, split, nu, nu_hat, jtfs_d, mss_d, ck)
-    out_dir = Path(out) if out else ckpt.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"eval-{split}-{ckpt.stem}"
+    stem = report_stem(ckpt, split, out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     _atomic_text(stem.with_suffix(".json"), json.dumps(summary, indent=2))
     _atomic_text(stem.with_suffix(".md"), markdown(summary))
     if plot:
         _plot(nu, nu_hat, stem.with_suffix(".png"), f"{cfg.name} ({split}, {len(nu)} sounds)")
     summary["files"] = [str(stem.with_suffix(s)) for s in (".json", ".md", ".png")[:3 if plot else 2]]
     return summary
+
+
+def report_stem(ckpt: Path, split: str, out: str | Path | None = None) -> Path:
+    """``{out or beside ckpt}/eval-{split}-{ckpt stem}``: the reports' path without suffix."""
+    return (Path(out) if out else Path(ckpt).parent) / f"eval-{split}-{Path(ckpt).stem}"
 
 
 def _stats(a: np.ndarray) -> dict[str, float]:
@@ -164,16 +169,11 @@ def _plot(nu: np.ndarray, nu_hat: np.ndarray, path: Path, title: str) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def evaluate_main(argv: Sequence[str]) -> int:

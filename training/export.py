@@ -10,7 +10,6 @@ library versions. Written atomically.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,10 +17,12 @@ from typing import Any, Sequence
 import torch
 
 from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
+from synth.export import atomic_write
 from synth.params import PARAMS
 
 from .cli import OneLineParser
 from .config import TrainConfig
+from .evaluate import report_stem
 from .trainer import load_checkpoint
 
 __all__ = ["export", "export_main"]
@@ -42,15 +43,15 @@ def _versions() -> dict[str, str]:
 def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None) -> Path:
     """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
 
-    ``metrics``: an evaluation JSON (default: ``eval-test.json`` beside the
-    checkpoint, if present).
+    ``metrics``: an evaluation JSON (default: the test report of
+    ``tympan train evaluate`` beside the checkpoint, if present).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ck = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
     ckpt = Path(ckpt)
-    metrics_path = Path(metrics) if metrics else ckpt.parent / f"eval-test-{ckpt.stem}.json"
+    metrics_path = Path(metrics) if metrics else report_stem(ckpt, "test").with_suffix(".json")
     test_metrics: dict[str, Any] | None = None
     if metrics_path.exists():
         test_metrics = json.loads(metrics_path.read_text())
@@ -70,11 +71,7 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None)
     tensors = {k: v.detach().contiguous().clone() for k, v in ck["model"].items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"tympan": json.dumps(info)})
-    os.chmod(tmp, 0o644)                 # a model file is for sharing (safetensors writes 0600)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
 
 
 def export_main(argv: Sequence[str]) -> int:

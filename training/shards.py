@@ -10,38 +10,17 @@ mixing results.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from synth.export import atomic_write
+
 __all__ = ["atomic_savez", "atomic_write", "check_header", "claim_header", "json_array",
            "remove_stale", "writable_dir"]
-
-# The process umask, read once (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write ``path`` whole or not at all; ``write(f)`` fills the binary file ``f``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would hide it from others
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """:func:`numpy.savez` to ``path`` (exactly that name), atomically."""

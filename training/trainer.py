@@ -18,6 +18,7 @@ Run directory ``{log.dir}/{name}``: ``config.json``, ``last.pt``, ``best.pt``,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from matcher.encoder import Encoder
+from synth.export import atomic_write
 
 from .config import TrainConfig
 from .damping import make_damping
@@ -160,22 +162,20 @@ class _Run:
         self.autocast = device.type == "cuda"
         self.metrics: dict[str, MetricTable] = {}
         if cfg.loss == "pnp":
-            # Rank 0 computes missing entries (if allowed) before the others read the file.
-            for split in (("train", self.train), ("val", self.val)):
-                if self.main:
-                    self.metrics[split[0]] = MetricTable(cfg, split[0], split[1].ids, device,
-                                                         cfg.log.progress)
-            if world > 1:
+            # Rank 0 computes missing entries (if allowed) and stores them; the others
+            # wait for it, then read the file.
+            if not self.main:
                 dist.barrier()
-                if not self.main:
-                    for name, sp in (("train", self.train), ("val", self.val)):
-                        self.metrics[name] = MetricTable(cfg, name, sp.ids, device, False)
+            for name, sp in (("train", self.train), ("val", self.val)):
+                self.metrics[name] = MetricTable(cfg, name, sp.ids, device,
+                                                 cfg.log.progress and self.main)
+            if self.main and world > 1:
+                dist.barrier()
         self.phi = None
         if cfg.loss == "jtfs":
             from matcher.jtfs import JTFS
             self.phi = JTFS(cfg.jtfs_config()).to(device).phi
         self.step, self.epoch, self.next_batch, self.best = 0, 0, 0, math.inf
-        self.has_best = False
         self.total_steps = self._total_steps()
 
     def _total_steps(self) -> int:
@@ -269,10 +269,7 @@ class _Run:
     def save(self, name: str) -> None:
         state = self.state()       # every rank joins the RNG gather
         if self.main:
-            path = self.cfg.run_dir / name
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            atomic_write(self.cfg.run_dir / name, lambda f: torch.save(state, f))
 
     def restore(self, ck: dict[str, Any]) -> None:
         if _comparable(ck["config"]) != _comparable(self.cfg.to_dict()):
@@ -301,12 +298,11 @@ class _Log:
         if self.path.exists():   # drop rows past the resumed step: they will be redone
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, CSV_FIELDS)
         self.tb = None
@@ -379,10 +375,9 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
                 if monitored < run.best:
                     run.best = monitored
                     run.save("best.pt")
-                    run.has_best = True
             run.save("last.pt")
-        if not run.has_best and not (cfg.run_dir / "best.pt").exists():
-            # a run stopped by max_steps before any validation: its best is its last
+        if not math.isfinite(run.best):
+            # no validation yet (stopped by max_steps): its best is its last
             run.save("best.pt")
         bar.close()
         if log:
