@@ -26,8 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from synth.params import ALPHA_FLOOR
-from synth.twin import MembraneTwin
+from synth.twin import MembraneTwin, clamp_nu
 
 from .distances import multiscale_spectral_distance
 
@@ -35,7 +34,6 @@ __all__ = ["METHODS", "LOSSES", "RefineResult", "refine"]
 
 METHODS = ("adam", "lm")
 LOSSES = ("mss", "jtfs")
-_ALPHA_NU_FLOOR = 2 * ALPHA_FLOOR - 1.0      # alpha is linear on (0, 1]
 
 
 @dataclass
@@ -55,12 +53,6 @@ class RefineResult:
     iterations: int
     elapsed_ms: float
     history: list[float] = field(default_factory=list)
-
-
-def _clamp(nu: torch.Tensor) -> torch.Tensor:
-    lo = torch.full_like(nu, -1.0)
-    lo[..., -1] = _ALPHA_NU_FLOOR
-    return torch.maximum(nu.clamp(max=1.0), lo)
 
 
 def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method: str = "adam",
@@ -105,7 +97,7 @@ def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method:
     deadline = t0 + budget_ms / 1e3
     start = torch.as_tensor(np.asarray(nu0, dtype=np.float64), dtype=torch.float32,
                             device=target.device)[None]
-    start = _clamp(start)
+    start = clamp_nu(start)
     if method == "lm":
         nu, hist, iters = _lm(start, target, twin, phi, deadline, max_iter)
         used = "jtfs"
@@ -126,10 +118,10 @@ def _adam(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, lo
             tgt_phi = phi(tgt)
 
         def dist(nu: torch.Tensor) -> torch.Tensor:
-            return torch.linalg.vector_norm(phi(twin.from_nu(_clamp(nu))) - tgt_phi)
+            return torch.linalg.vector_norm(phi(twin.from_nu(clamp_nu(nu))) - tgt_phi)
     else:
         def dist(nu: torch.Tensor) -> torch.Tensor:
-            return multiscale_spectral_distance(twin.from_nu(_clamp(nu)), tgt)
+            return multiscale_spectral_distance(twin.from_nu(clamp_nu(nu)), tgt)
 
     nu = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([nu], lr=lr)
@@ -141,7 +133,7 @@ def _adam(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, lo
         value = float(d.detach())
         hist.append(value)
         if value < best:                   # ... is what "best" is judged on
-            best, best_nu = value, _clamp(nu.detach()).clone()
+            best, best_nu = value, clamp_nu(nu.detach()).clone()
         if iters >= max_iter or time.perf_counter() >= deadline or not np.isfinite(value):
             break
         opt.zero_grad()
@@ -157,7 +149,7 @@ def _lm(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, dead
         tgt_phi = phi(target[None])[0].double()
 
     def residual(nu: torch.Tensor) -> torch.Tensor:
-        return phi(twin.from_nu(_clamp(nu)))[0].double() - tgt_phi
+        return phi(twin.from_nu(clamp_nu(nu)))[0].double() - tgt_phi
 
     nu = start.clone()
     with torch.no_grad():
@@ -171,7 +163,7 @@ def _lm(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, dead
         while time.perf_counter() < deadline and lam < 1e8:
             a = m + lam * torch.diag(torch.diag(m).clamp(min=1e-12))
             step = -torch.linalg.solve(a, g)
-            trial = _clamp(nu + step.to(nu.dtype)[None])
+            trial = clamp_nu(nu + step.to(nu.dtype)[None])
             with torch.no_grad():
                 r_trial = residual(trial)
             c_trial = float(torch.linalg.vector_norm(r_trial))

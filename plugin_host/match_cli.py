@@ -10,6 +10,7 @@ exists). ``tympan play --kit KIT`` then plays the matched sound on that note.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,39 +18,33 @@ from typing import Sequence
 __all__ = ["main"]
 
 
+def _note(text: str) -> int:
+    try:
+        note = int(text)
+    except ValueError:
+        note = -1
+    if not 0 <= note <= 127:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed a MIDI note number 0..127")
+    return note
+
+
 def _kit_options(argv: list[str]) -> tuple[str | None, int | None, list[str]]:
-    """Take ``--kit FILE`` and ``--pad NOTE`` out of ``argv``."""
-    kit = pad = None
-    rest: list[str] = []
-    it = iter(argv)
-    for a in it:
-        if a in ("--kit", "--pad"):
-            value = next(it, None)
-            if value is None:
-                raise ValueError(f"{a} needs a value")
-            if a == "--kit":
-                kit = value
-            else:
-                try:
-                    pad = int(value)
-                except ValueError:
-                    raise ValueError(f"--pad {value!r}: allowed a MIDI note number 0..127") from None
-        elif a.startswith(("--kit=", "--pad=")):
-            return _kit_options(rest + a.split("=", 1) + list(it))
-        else:
-            rest.append(a)
-    if (kit is None) != (pad is None):
+    """Take ``--kit FILE`` and ``--pad NOTE`` out of ``argv``; the rest is the matcher's."""
+    from matcher.cli import OneLineParser
+
+    parser = OneLineParser(prog="tympan match", add_help=False, allow_abbrev=False)
+    parser.add_argument("--kit", metavar="FILE")
+    parser.add_argument("--pad", type=_note, metavar="NOTE")
+    ours, rest = parser.parse_known_args(argv)
+    if (ours.kit is None) != (ours.pad is None):
         raise ValueError("--kit and --pad go together: --kit FILE --pad NOTE")
-    if pad is not None and not 0 <= pad <= 127:
-        raise ValueError(f"--pad {pad}: allowed a MIDI note number 0..127")
-    return kit, pad, rest
+    return ours.kit, ours.pad, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        code = _help(args)
-        return code
+        return _help()
     kit_path, note, rest = _kit_options(args)
     from matcher.cli import main as match_main
 
@@ -78,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return match_main(rest, on_result=write)
 
 
-def _help(args: list[str]) -> int:
+def _help() -> int:
     from matcher.cli import main as match_main
     print("kit options (tympan match FILE --kit KIT --pad NOTE): write the match into pad NOTE "
           "of KIT (created from the General MIDI kit if absent)\n")

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from .ftm import FTMConfig, modal_coefficients
-from .params import nu_to_theta
+from .params import ALPHA_FLOOR, nu_to_theta
 
-__all__ = ["MembraneTwin", "render_twin"]
+__all__ = ["MembraneTwin", "clamp_nu", "render_twin"]
+
+# nu of the aspect-ratio floor (alpha is linear on (0, 1]: nu = 2 alpha - 1)
+_ALPHA_NU_FLOOR = 2 * ALPHA_FLOOR - 1.0
 
 _TWO_PI = 2.0 * math.pi
 
@@ -118,6 +121,18 @@ class MembraneTwin(torch.nn.Module):
     def from_nu(self, nu: torch.Tensor) -> torch.Tensor:
         """Render from normalized coordinates ``nu`` ``[B, 5]`` (differentiable)."""
         return self(nu_to_theta(nu))
+
+
+def clamp_nu(nu: torch.Tensor) -> torch.Tensor:
+    """``nu [..., 5]`` clamped into the renderable box (differentiable inside it).
+
+    Estimates (a tanh output, an optimizer step) can reach ``nu = -1`` for
+    alpha, a zero aspect ratio the membrane cannot have: alpha's lower bound
+    is :data:`~synth.params.ALPHA_FLOOR`, the others ``[-1, 1]``.
+    """
+    lo = torch.full_like(nu, -1.0)
+    lo[..., -1] = _ALPHA_NU_FLOOR
+    return torch.maximum(nu.clamp(max=1.0), lo)
 
 
 def render_twin(theta: torch.Tensor, sr: float, n_samples: int,

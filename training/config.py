@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from matcher.features import FeatureConfig
 
 from .damping import make_damping
+from .metric_job import PHIS
 from .protocol import Protocol
 
 __all__ = ["LOSSES", "TrainConfig", "DataConfig", "OptimConfig", "MetricConfig",
@@ -104,8 +105,8 @@ class MetricConfig:
     compute_missing: bool = False
 
     def __post_init__(self) -> None:
-        if self.phi.split(":", 1)[0] not in ("jtfs", "stft-test"):
-            raise ValueError(f"[metric] phi = {self.phi!r}: allowed 'jtfs', 'stft-test'")
+        if self.phi.split(":", 1)[0] not in PHIS:
+            raise ValueError(f"[metric] phi = {self.phi!r}: allowed {', '.join(map(repr, PHIS))}")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from matcher.features import CQTFeatures
-from synth.params import ALPHA_FLOOR
-from synth.twin import MembraneTwin
+from synth.twin import MembraneTwin, clamp_nu
 
 from .config import TrainConfig
 from .shards import atomic_savez, json_array
@@ -100,24 +99,14 @@ class Renderer(torch.nn.Module):
 
 
     def render_nu(self, nu_hat: torch.Tensor) -> torch.Tensor:
-        """Differentiable render of estimates ``[B, 5]`` (clamped into the ranges first:
-        a tanh output of exactly -1 would be a zero aspect ratio)."""
-        lo = torch.full_like(nu_hat[0], -1.0)
-        lo[-1] = _ALPHA_NU_FLOOR
-        return self.twin.from_nu(torch.maximum(nu_hat.clamp(max=1.0), lo))
-
-
-# nu of the aspect-ratio floor (alpha is linear on (0, 1]: nu = 2 alpha - 1)
-_ALPHA_NU_FLOOR = 2 * ALPHA_FLOOR - 1.0
+        """Differentiable render of estimates ``[B, 5]``, clamped first (:func:`clamp_nu`)."""
+        return self.twin.from_nu(clamp_nu(nu_hat))
 
 
 def make_phi(cfg: TrainConfig, device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The representation of the run's metric (``cfg.metric.phi``) on ``device``."""
-    if cfg.metric.phi.startswith("stft-test"):
-        from .metric import StftTestPhi
-        return StftTestPhi(cfg.data.n_samples).to(device)
-    from matcher.jtfs import JTFS
-    return JTFS(cfg.jtfs_config()).to(device).phi
+    from .metric import build_phi
+    return build_phi(cfg.metric.phi, cfg.data.n_samples, cfg.jtfs_config, device)
 
 
 class MetricTable:

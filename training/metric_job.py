@@ -208,21 +208,16 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
 
 
 def make_phi(job: MetricJob, device: Any) -> Callable:
-    """Build the representation named by ``job.phi`` on ``device``."""
-    name = job.phi.split(":", 1)[0]
-    if name == "stft-test":
-        from .metric import StftTestPhi
+    """Build the representation named by ``job.phi`` on ``device``: the reference
+    JTFS configuration at the job's length and rate (smoke runs shorten N)."""
+    from dataclasses import replace
 
-        return StftTestPhi(job.n_samples).to(device)
-    if name == "jtfs":
-        from dataclasses import replace
+    from matcher.jtfs import JTFSConfig
 
-        from matcher.jtfs import JTFS, JTFSConfig
+    from .metric import build_phi
 
-        # The reference configuration at the job's length and rate (smoke runs shorten N).
-        cfg = replace(JTFSConfig.reference(), N=job.n_samples, sr=job.sr)
-        return JTFS(cfg).to(device).phi
-    raise ValueError(f"unknown phi {job.phi!r}; allowed: {', '.join(PHIS)}")
+    return build_phi(job.phi, job.n_samples,
+                     lambda: replace(JTFSConfig.reference(), N=job.n_samples, sr=job.sr), device)
 
 
 def merge_metric(split: str, out: str | Path) -> Path:
