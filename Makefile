@@ -6,10 +6,11 @@ PIP    := $(PY) -m pip
 # The CPU wheel of torch; pinned again in every pip call so pip never swaps it
 # for a newer (multi-GB CUDA) build while resolving other packages.
 TORCH  := torch==2.13.0
-SYSTEM_PACKAGES := libportaudio2 jackd2
+# hydrogen-data: the GMRockKit's recorded hits, used by tests and the match evaluation.
+SYSTEM_PACKAGES := libportaudio2 jackd2 hydrogen-data
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train clean
+.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train bench-match eval-match clean
 
 install: $(STAMP)
 
@@ -56,6 +57,15 @@ bench-jtfs: install
 
 bench-train: install
 	$(PY) benchmarks/bench_train.py
+
+# Matching time per file (encoder-only, refinement; model load apart).
+bench-match: install
+	$(PY) benchmarks/bench_match.py
+
+# Match quality on synthetic and GMRockKit hits: random / nn / encoder / encoder+refine
+# (~15 minutes; builds the NN index once, ~12 more).
+eval-match: install
+	$(PY) benchmarks/eval_match.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results

@@ -14,7 +14,7 @@ from typing import Sequence
 # subcommand -> (module, function, one-line help); later packages add their entries.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("synth.cli", "main", "render single membrane hits to audio files"),
-    "demo": ("synth.demo", "main", "render the showcase presets and a groove to wav files"),
+    "demo": ("plugin_host.demo", "main", "render the showcase, match the example hits, render the matches"),
     "devices": ("plugin_host.cli", "devices_main", "list audio outputs and MIDI inputs"),
     "play": ("plugin_host.cli", "play_main", "play a kit live from MIDI"),
     "render": ("plugin_host.cli", "render_main", "render a MIDI file with a kit"),

@@ -37,6 +37,7 @@ twin and the JTFS: seconds per hit on a CPU, so only on request.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -277,7 +278,8 @@ class Matcher:
 
     def match_hit(self, hit: Hit, determine: bool = False, f0_hz: float | None = None,
                   refine: str | None = None, refine_loss: str = "mss",
-                  budget_ms: float = 1000.0, method: str = "encoder") -> MatchResult:
+                  budget_ms: float = 1000.0, method: str = "encoder",
+                  score: bool = True) -> MatchResult:
         """Match a prepared hit.
 
         Parameters
@@ -300,6 +302,10 @@ class Matcher:
         method : {"encoder", "nn"}
             The estimate: the encoder, or the nearest point of the
             nearest-neighbour index given to the constructor (the baseline).
+        score : bool
+            Render the match and compute its distances to the target (~1 s on
+            a CPU). False leaves both distances NaN: the parameters come back
+            at once, and :meth:`score` fills them in later.
 
         Raises
         ------
@@ -355,10 +361,12 @@ class Matcher:
             nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
             refined = {"method": r.method, "loss": r.loss, "start": r.start, "best": r.best,
                        "iterations": r.iterations, "elapsed_ms": r.elapsed_ms}
-        with self._timer(t, "render"):
-            est = self._render(nu)
-        with self._timer(t, "distances"):
-            d_jtfs, d_mss = self.distances(est[0], target[0])
+        d_jtfs = d_mss = math.nan
+        if score:
+            with self._timer(t, "render"):
+                est = self._render(nu)
+            with self._timer(t, "distances"):
+                d_jtfs, d_mss = self.distances(est[0], target[0])
         det = None
         if determine:
             with self._timer(t, "metric"):

@@ -1,10 +1,8 @@
-"""``tympan demo``: render the showcase presets and a short groove to wav files."""
+"""The showcase: the presets and a short groove rendered to wav files (``tympan demo``'s first part)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -12,7 +10,7 @@ from .export import write_audio
 from .presets import PRESETS
 from .voice import DrumVoice, VoiceBank, VoicePreset
 
-__all__ = ["main"]
+__all__ = ["render_groove", "render_hit", "render_showcase"]
 
 # (beat, preset, velocity) over two 4/4 bars, in eighth notes.
 _GROOVE = [
@@ -50,31 +48,44 @@ def render_groove(presets: dict[str, VoicePreset], sr: float, bpm: float = 100.0
     return out * (0.9 / max(1.0, np.abs(out).max()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tympan demo",
-                                     description="Render Tympan's showcase presets to wav files.")
-    parser.add_argument("-o", "--out", default="tympan-demo", metavar="DIR",
-                        help="folder to write into (created; default ./tympan-demo)")
-    parser.add_argument("--sr", type=int, default=48000, choices=(22050, 44100, 48000, 96000),
-                        help="sample rate in Hz (default 48000)")
-    args = parser.parse_args(argv)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    presets = {name: VoicePreset.build(p, args.sr) for name, p in PRESETS.items()}
+def render_showcase(out_dir: Path, sr: int) -> list[Path]:
+    """Render every showcase preset, then the groove, to wav files in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Existing folder to write into.
+    sr : int
+        Sample rate, Hz.
+
+    Returns
+    -------
+    list of Path
+        The files written (one per preset, then ``groove.wav``); a table goes to stdout.
+    """
+    presets = {name: VoicePreset.build(p, sr) for name, p in PRESETS.items()}
     print(f"{'preset':<11} {'f0 Hz':>7} {'tau s':>6} {'p':>8} {'D':>7} {'alpha':>5} "
           f"{'modes':>5}  file")
+    written = []
     for name, preset in presets.items():
         p = preset.params
-        # Long enough for the hit to fall by 60 dB: ~6.9 tau.
-        n = round(min(3.0, 6.9 * p.tau + 0.05) * args.sr)
-        audio = np.zeros(n)
-        voice = DrumVoice(args.sr)
-        voice.note_on(preset, 0.9)
-        voice.render_into(audio)
-        path = write_audio(out_dir / f"{name}.wav", audio, args.sr)
+        path = write_audio(out_dir / f"{name}.wav", render_hit(preset, sr), sr)
+        written.append(path)
         print(f"{name:<11} {p.f0:>7.1f} {p.tau:>6.2f} {p.p:>8.2g} {p.D:>7.2g} {p.alpha:>5.2f} "
               f"{preset.n_modes:>5}  {path}")
-    groove = write_audio(out_dir / "groove.wav", render_groove(presets, args.sr), args.sr)
+    groove = write_audio(out_dir / "groove.wav", render_groove(presets, sr), sr)
     print(f"groove (two bars at 100 BPM through a voice bank): {groove}")
-    print(f"\n{len(presets) + 1} files in {out_dir.resolve()}")
-    return 0
+    return written + [groove]
+
+
+def render_hit(preset: VoicePreset, sr: float, velocity: float = 0.9) -> np.ndarray:
+    """One hit of ``preset`` through a real voice, long enough to fall by 60 dB, ``[N]`` float64.
+
+    ``N`` is ``min(3 s, 6.9 tau + 50 ms)`` at ``sr`` Hz (60 dB is ``ln(1000) ~ 6.9`` time constants).
+    """
+    n = round(min(3.0, 6.9 * preset.params.tau + 0.05) * sr)
+    audio = np.zeros(n)
+    voice = DrumVoice(sr)
+    voice.note_on(preset, velocity)
+    voice.render_into(audio)
+    return audio

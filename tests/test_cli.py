@@ -127,16 +127,58 @@ def test_synth_command_does_not_import_torch(tmp_path):
     assert r.stdout.strip().endswith("False 0"), r.stdout + r.stderr
 
 
-def test_demo_writes_every_preset_and_a_groove(tmp_path):
+@pytest.mark.slow
+def test_demo_writes_the_showcase_and_plays_the_matched_examples(tmp_path):
+    from plugin_host.demo import EXAMPLE_PADS
+    from plugin_host.kit import Kit
     from synth.presets import PRESETS
 
-    r = tympan("demo", "-o", str(tmp_path / "demo"))
+    out = tmp_path / "demo"
+    r = tympan("demo", "-o", str(out), "--budget-ms", "200")
     assert r.returncode == 0, r.stderr
-    files = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert files == sorted([f"{n}.wav" for n in PRESETS] + ["groove.wav"])
+    files = sorted(p.name for p in out.iterdir())
+    matched = [f"{k}-{n}.{e}" for n in EXAMPLE_PADS
+               for k, e in (("example", "flac"), ("matched", "wav"), ("matched", "png"))]
+    assert files == sorted([f"{n}.wav" for n in PRESETS] + ["groove.wav", "matched-kit.json"]
+                           + matched)
     for name in PRESETS:
-        audio, sr = read(tmp_path / "demo" / f"{name}.wav")
+        audio, sr = read(out / f"{name}.wav")
         assert sr == 48000 and abs(np.abs(audio).max() - 0.9) < 1e-3
-    groove, _ = read(tmp_path / "demo" / "groove.wav")
+    groove, _ = read(out / "groove.wav")
     assert 0.5 < np.abs(groove).max() <= 0.9 + 1e-4
-    assert str(tmp_path / "demo") in r.stdout
+    kit = Kit.load(out / "matched-kit.json")
+    table = r.stdout.split("matching the example hits")[1].splitlines()
+    for name, note in EXAMPLE_PADS.items():
+        pad = kit.pads[kit.pad_index(note)]
+        assert pad.name == f"matched {name}"
+        # The printed table and the kit carry the same match.
+        row = next(line for line in table if line.startswith(f"{name} "))
+        assert float(row.split()[1]) == pytest.approx(pad.params.f0, abs=0.05)
+        audio, sr = read(out / f"matched-{name}.wav")
+        assert sr == 48000 and 0.5 < np.abs(audio).max() <= 0.9 + 1e-4
+        assert (out / f"matched-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out) in r.stdout and "tympan play --kit" in r.stdout
+
+
+def test_demo_without_matching_and_bad_options(tmp_path):
+    r = tympan("demo", "-o", str(tmp_path / "d"), "--no-match", "--sr", "22050")
+    assert r.returncode == 0, r.stderr
+    assert not any(p.name.startswith("matched") for p in (tmp_path / "d").iterdir())
+    for bad in (["--budget-ms", "-5"], ["--model", str(tmp_path / "none.tympan")],
+                ["--sr", "12345"]):
+        r = tympan("demo", "-o", str(tmp_path / "e"), *bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr and bad[0] in r.stderr
+
+
+def test_bundled_examples_are_what_their_generator_makes():
+    # The shipped FLACs (24-bit) must stay the deterministic output of make_examples.py.
+    sys.path.insert(0, str(REPO / "plugin_host" / "examples"))
+    try:
+        import make_examples
+    finally:
+        sys.path.pop(0)
+    for name, x in make_examples.examples().items():
+        audio, sr = read(REPO / "plugin_host" / "examples" / f"{name}.flac")
+        assert sr == make_examples.SR and audio.shape == (1, x.size)    # mono
+        np.testing.assert_allclose(audio[0], x, atol=2 ** -22)

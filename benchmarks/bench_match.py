@@ -1,0 +1,140 @@
+"""Matching speed: time per file for encoder-only and for refinement; model load apart.
+
+What a user waits for after dropping a 3-second hit (the model's 2^16 samples
+at 22050 Hz = 2.97 s), measured on real GMRockKit files (hydrogen-data) and
+on the bundled examples:
+
+model load
+    ``Matcher(...)``: read the artifact, build the CQT kernels and the JTFS
+    filters (once per process; reported apart, not in the per-file times).
+prepare
+    Read the file, downmix, resample to 22050 Hz, align to the onset, trim,
+    peak-normalize (:func:`matcher.audio.load_hit`).
+encode
+    Log-CQT and EfficientNet-B0 forward: the encoder's estimate.
+encoder-only
+    prepare + encode + render of the match (the parameters and the sound).
+refine
+    Adam on the multi-scale spectral distance, for ``--budget-ms`` (the
+    budget bounds it; reported as the time actually spent and the steps taken).
+distances
+    The JTFS and MSS distances that ``tympan match`` prints (scoring only).
+
+Each stage is timed over every file after one warm-up file; p50 and p95 are
+printed. The target: encoder-only <= 50 ms per 3-second hit on this CPU.
+``--device cuda`` times the same on a GPU. Prints a table, writes JSON.
+
+    python benchmarks/bench_match.py [--repeats 3] [--budget-ms 1000] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import ROOT, machine_base, write_json
+
+GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"
+TARGET_MS = 50.0
+
+
+def _files(kit_dir: str) -> list[Path]:
+    pats = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
+    files = sorted(Path(f) for p in pats for f in glob.glob(f"{kit_dir}/{p}"))
+    files += sorted((ROOT / "plugin_host" / "examples").glob("*.flac"))
+    return files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the files (default 3)")
+    ap.add_argument("--budget-ms", type=float, default=1000.0, help="refinement budget")
+    ap.add_argument("--refine-files", type=int, default=6,
+                    help="files refined (each costs the budget; default 6)")
+    ap.add_argument("--model", help="matcher artifact (default: the shipped model)")
+    ap.add_argument("--real", default=GMROCKKIT, metavar="DIR")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_match.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from matcher.audio import load_hit
+    from matcher.match import Matcher
+
+    torch.set_num_threads(args.threads)
+    files = _files(args.real)
+    if not files:
+        raise SystemExit("no hits to time")
+    t0 = time.perf_counter()
+    matcher = Matcher(args.model, device=args.device)
+    construct_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _ = matcher.model.features, matcher.jtfs
+    setup_s = time.perf_counter() - t0
+    cfg = matcher.audio_config
+    sync = torch.cuda.synchronize if matcher.device.type == "cuda" else (lambda: None)
+
+    # Warm-up: first calls allocate and pick kernels.
+    warm = load_hit(files[0], cfg)
+    matcher.match_hit(warm)
+    matcher.match_hit(warm, refine="adam", budget_ms=min(args.budget_ms, 300.0))
+
+    stages: dict[str, list[float]] = {k: [] for k in
+                                      ("prepare", "encode", "render", "encoder-only", "distances")}
+    for _ in range(args.repeats):
+        for f in files:
+            sync()
+            t = time.perf_counter()
+            hit = load_hit(f, cfg)
+            prep = 1e3 * (time.perf_counter() - t)
+            r = matcher.match_hit(hit)
+            tm = r.timings_ms
+            stages["prepare"].append(prep)
+            stages["encode"].append(tm["encode"])
+            stages["render"].append(tm["render"])
+            stages["encoder-only"].append(prep + tm["encode"] + tm["render"])
+            stages["distances"].append(tm["distances"])
+    refine_ms, refine_steps, improved = [], [], []
+    for f in files[:: max(1, len(files) // args.refine_files)][: args.refine_files]:
+        r = matcher.match_hit(load_hit(f, cfg), refine="adam", budget_ms=args.budget_ms)
+        refine_ms.append(r.timings_ms["refine"])
+        refine_steps.append(r.refinement["iterations"])
+        improved.append(r.refinement["best"] / r.refinement["start"])
+    stages["refine"] = refine_ms
+
+    def pct(v: list[float], q: float) -> float:
+        return float(np.percentile(v, q))
+
+    summary = {k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "mean_ms": float(np.mean(v)),
+                   "n": len(v)} for k, v in stages.items()}
+    enc = summary["encoder-only"]["p50_ms"]
+    doc = {"benchmark": "bench_match", "machine": machine_base(("matcher", "synth")),
+           "device": str(matcher.device), "torch_threads": args.threads,
+           "torch": torch.__version__, "model": str(matcher.path),
+           "model_load_s": {"artifact": construct_s, "cqt_and_jtfs_setup": setup_s},
+           "files": [str(f) for f in files], "repeats": args.repeats,
+           "budget_ms": args.budget_ms, "refine_steps": refine_steps,
+           "refine_mss_ratio_best_over_start": improved, "stages": summary,
+           "target": {"encoder_only_p50_ms": enc, "limit_ms": TARGET_MS,
+                      "met": enc <= TARGET_MS, "ratio_to_limit": enc / TARGET_MS}}
+    write_json(args.json, doc)
+    print(f"\ndevice {matcher.device}, {args.threads} torch threads; {len(files)} files x "
+          f"{args.repeats}; model load {construct_s:.2f} s + CQT/JTFS setup {setup_s:.2f} s "
+          "(once per process, not below)")
+    print(f"{'stage':<13} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'n':>4}")
+    for k, s in summary.items():
+        print(f"{k:<13} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['mean_ms']:>8.1f} {s['n']:>4}")
+    print(f"refine: {np.mean(refine_steps):.1f} Adam steps in the {args.budget_ms:g} ms budget; "
+          f"MSS best/start {np.mean(improved):.2f} (mean over {len(improved)} files)")
+    print(f"encoder-only p50 {enc:.1f} ms per 3-second hit: {enc / TARGET_MS:.2f} x the "
+          f"{TARGET_MS:g} ms target -> {'PASS' if enc <= TARGET_MS else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
