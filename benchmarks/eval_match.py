@@ -22,6 +22,10 @@ encoder
 encoder+refine
     The estimate refined by Adam on the multi-scale spectral distance within
     ``--budget-ms`` (``tympan match --refine``).
+hybrid, hybrid+refine
+    Whichever of the encoder's and the NN's estimates renders closer in JTFS
+    distance (``tympan match --method hybrid``), without and with the same
+    refinement.
 
 For each set and method: mean and median JTFS distance (the perceptual
 target), mean multi-scale spectral (MSS) distance, and time per file (file
@@ -46,11 +50,11 @@ import numpy as np
 
 from _common import ROOT, machine_base, write_json
 
-METHODS = ("random", "nn", "encoder", "encoder+refine")
+METHODS = ("random", "nn", "encoder", "encoder+refine", "hybrid", "hybrid+refine")
 GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"
 REAL_PATTERNS = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
 # Stages of MatchResult.timings_ms that make a match; "distances" and "setup" do not.
-MATCH_STAGES = ("load", "encode", "search", "refine", "render")
+MATCH_STAGES = ("load", "encode", "search", "choose", "refine", "render")
 
 
 def real_files(kit_dir: str) -> list[str]:
@@ -104,9 +108,10 @@ def run_set(matcher, items: list[tuple[str, object, np.ndarray | None, float]], 
                 ms = prep_ms + 1e3 * (time.perf_counter() - t0)
                 d_jtfs, d_mss = matcher.distances(est, target)
             else:
-                opts = {"method": "nn"} if method == "nn" else {}
-                if method == "encoder+refine":
-                    opts = {"refine": "adam", "budget_ms": budget_ms}
+                base, _, refined = method.partition("+")
+                opts = {"method": base}
+                if refined:
+                    opts.update(refine="adam", budget_ms=budget_ms)
                 r = matcher.match_hit(hit, **opts)
                 nu = np.asarray(r.nu)
                 ms = prep_ms + sum(r.timings_ms.get(k, 0.0) for k in MATCH_STAGES)
@@ -229,6 +234,7 @@ def main() -> None:
         results[name] = {"summary": summarize(rows), "rows": rows}
 
     won, total = wins(results["real"]["rows"], "encoder+refine", "nn")
+    won_h, _ = wins(results["real"]["rows"], "hybrid+refine", "nn")
     real_sum = results["real"]["summary"]
     target_met = real_sum["encoder+refine"]["jtfs_mean"] < real_sum["nn"]["jtfs_mean"]
     doc = {"benchmark": "eval_match", "machine": machine_base(("matcher", "synth")),
@@ -236,7 +242,8 @@ def main() -> None:
            "nn_index_size": len(matcher.nn), "budget_ms": args.budget_ms,
            "torch_threads": args.threads, "real_dir": args.real,
            "target": {"encoder+refine beats nn on real hits (mean JTFS)": bool(target_met),
-                      "files won by encoder+refine over nn (JTFS)": [won, total]},
+                      "files won by encoder+refine over nn (JTFS)": [won, total],
+                      "files won by hybrid+refine over nn (JTFS)": [won_h, total]},
            **results}
     write_json(args.json, doc)
     plot(results, args.json.with_suffix(".png"))
@@ -258,6 +265,9 @@ def main() -> None:
     ratio = real_sum["encoder+refine"]["jtfs_mean"] / real_sum["nn"]["jtfs_mean"]
     print(f"\nreal hits: encoder+refine / nn mean JTFS = {ratio:.2f}; encoder+refine wins "
           f"{won} of {total} files -> target {'MET' if target_met else 'NOT MET'}")
+    ratio_h = real_sum["hybrid+refine"]["jtfs_mean"] / real_sum["nn"]["jtfs_mean"]
+    print(f"real hits: hybrid+refine / nn mean JTFS = {ratio_h:.2f}; hybrid+refine wins "
+          f"{won_h} of {total} files")
 
 
 if __name__ == "__main__":

@@ -58,10 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
                         "(sensitivity, identifiability; seconds on a CPU)")
-    p.add_argument("--method", choices=("encoder", "nn"), default="encoder",
-                   help="encoder (default) or nn: the nearest sound of --nn-index (a baseline)")
+    p.add_argument("--method", choices=("encoder", "nn", "hybrid"), default="encoder",
+                   help="encoder (default); nn: the nearest sound of --nn-index (a baseline); "
+                        "hybrid: whichever of the two is closer in JTFS distance")
     p.add_argument("--nn-index", metavar="FILE", default=None,
-                   help="nearest-neighbour index for --method nn ('tympan train nn-index')")
+                   help="nearest-neighbour index for --method nn/hybrid "
+                        "('tympan train nn-index')")
     p.add_argument("--refine", nargs="?", const="adam", choices=("adam", "lm"), default=None,
                    help="refine the encoder's estimate through the synthesizer: adam (on "
                         "--refine-loss; the default) or lm (Levenberg-Marquardt on the JTFS)")
@@ -136,9 +138,9 @@ def main(argv: Sequence[str] | None = None,
 def _refine_options(args: argparse.Namespace) -> dict:
     if args.budget_ms is None or not args.budget_ms > 0:
         raise ValueError(f"--budget-ms {args.budget_ms}: allowed a positive number of ms")
-    if args.method == "nn" and args.nn_index is None:
-        raise ValueError("--method nn needs --nn-index FILE (build one with 'tympan train "
-                         "nn-index --out FILE')")
+    if args.method in ("nn", "hybrid") and args.nn_index is None:
+        raise ValueError(f"--method {args.method} needs --nn-index FILE (build one with "
+                         "'tympan train nn-index --out FILE')")
     return {"refine": args.refine, "refine_loss": args.refine_loss, "budget_ms": args.budget_ms,
             "method": args.method}
 

@@ -98,8 +98,12 @@ class MatchResult:
     truncated : bool
         The source was still sounding where the model-side window ends.
     refinement : dict or None
-        With refinement: method, loss, the descended distance at the encoder's
-        estimate (``start``) and after (``best``), iterations, time.
+        With refinement: method, loss, the descended distance at the
+        estimate (``start``) and after (``best``), iterations, time, and
+        which estimate it started from (``started_from``).
+    estimate : str
+        Where the parameters came from: ``encoder`` or ``nn`` (with
+        ``method="hybrid"``, the closer of the two).
     """
 
     source: str
@@ -113,6 +117,7 @@ class MatchResult:
     onset_seconds: float = 0.0
     truncated: bool = False
     refinement: dict[str, Any] | None = None
+    estimate: str = "encoder"
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict (plain floats, strings, lists, dicts)."""
@@ -139,6 +144,8 @@ class MatchResult:
                          "others fixed / others compensating")
         if self.truncated:
             lines.append("note: the hit is longer than the model's window; its tail was cut")
+        if self.estimate != "encoder":
+            lines.append(f"estimate: {self.estimate} (the nearest-neighbour index's sound)")
         if self.refinement is not None:
             r = self.refinement
             lines.append(f"refined ({r['method']}, {r['loss']}): {r['start']:.4g} -> {r['best']:.4g} "
@@ -299,9 +306,12 @@ class Matcher:
             The distance ``adam`` descends (``lm`` uses the JTFS residual).
         budget_ms : float
             Time allowed to refinement, ms.
-        method : {"encoder", "nn"}
-            The estimate: the encoder, or the nearest point of the
-            nearest-neighbour index given to the constructor (the baseline).
+        method : {"encoder", "nn", "hybrid"}
+            The estimate: the encoder; the nearest point of the
+            nearest-neighbour index given to the constructor (the baseline);
+            or whichever of those two renders closer to the hit in JTFS
+            distance (:attr:`MatchResult.estimate` says which; refinement
+            starts from it).
         score : bool
             Render the match and compute its distances to the target (~1 s on
             a CPU). False leaves both distances NaN: the parameters come back
@@ -332,19 +342,35 @@ class Matcher:
                 _ = self.model.features, self.jtfs                # CQT kernels, JTFS filters
         target = torch.tensor(audio, dtype=torch.float32, device=self.device)[None]  # a copy:
         # hit.audio is read-only, which torch.as_tensor warns about
-        if method == "nn":
-            if self.nn is None:
-                raise ValueError("method 'nn' needs a nearest-neighbour index (--nn-index FILE; "
-                                 "'tympan train nn-index' builds one)")
-            with self._timer(t, "search"), torch.no_grad():
-                raw = self.nn.query(self.jtfs.phi(target))[0][0]
-        elif method == "encoder":
+        if method not in ("encoder", "nn", "hybrid"):
+            raise ValueError(f"match method {method!r}: allowed encoder, nn, hybrid")
+        if method != "encoder" and self.nn is None:
+            raise ValueError(f"method {method!r} needs a nearest-neighbour index (--nn-index "
+                             "FILE; 'tympan train nn-index' builds one)")
+        chosen = method
+        if method in ("encoder", "hybrid"):
             with self._timer(t, "encode"):
                 known = None if nu_f0 is None else torch.tensor([nu_f0], device=self.device)
                 raw = self.model.predict_nu(target, known if self.model.pitch_known else None)
                 raw = raw[0].double().cpu().numpy()
-        else:
-            raise ValueError(f"match method {method!r}: allowed encoder, nn")
+            chosen = "encoder"
+        if method in ("nn", "hybrid"):
+            with self._timer(t, "search"), torch.no_grad():
+                target_phi = self.jtfs.phi(target)
+                raw_nn = self.nn.query(target_phi)[0][0]
+            if method == "nn":
+                raw, chosen = raw_nn, "nn"
+            else:
+                # Both candidates rendered in one batch; the closer in JTFS distance wins.
+                with self._timer(t, "choose"), torch.no_grad():
+                    cands = np.stack([raw, raw_nn])
+                    nus = np.clip(theta_to_nu(np.stack([clamp_theta(nu_to_theta(
+                        np.clip(c, -1.0, 1.0))) for c in cands])), -1.0, 1.0)
+                    nu_t = torch.as_tensor(nus, dtype=torch.float64, device=self.device)
+                    audio = self.twin.from_nu(nu_t).to(torch.float32)
+                    d = torch.linalg.vector_norm(self.jtfs.phi(audio) - target_phi, dim=-1)
+                if float(d[1]) < float(d[0]):
+                    raw, chosen = raw_nn, "nn"
         theta = clamp_theta(nu_to_theta(np.clip(raw, -1.0, 1.0)))
         if f0_hz is not None:
             theta[0] = f0
@@ -360,7 +386,8 @@ class Matcher:
                 theta[0] = f0
             nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
             refined = {"method": r.method, "loss": r.loss, "start": r.start, "best": r.best,
-                       "iterations": r.iterations, "elapsed_ms": r.elapsed_ms}
+                       "iterations": r.iterations, "elapsed_ms": r.elapsed_ms,
+                       "started_from": chosen}
         d_jtfs = d_mss = math.nan
         if score:
             with self._timer(t, "render"):
@@ -377,7 +404,7 @@ class Matcher:
             source=hit.source, theta=dict(zip(NAMES, map(float, theta))), units=dict(_UNITS),
             nu=[float(v) for v in nu], jtfs_distance=d_jtfs, mss_distance=d_mss,
             determination=det, timings_ms=t, onset_seconds=float(hit.onset_seconds),
-            truncated=bool(hit.truncated), refinement=refined)
+            truncated=bool(hit.truncated), refinement=refined, estimate=chosen)
 
     def render(self, result: MatchResult) -> np.ndarray:
         """Model-side audio of a match: float32 ``[n_samples]`` at ``audio_config.sr`` Hz, peak 1."""

@@ -24,7 +24,6 @@ from pedalboard.io import AudioFile
 from matcher import match as match_module
 from matcher.audio import prepare_hit
 from matcher.match import Matcher, determination
-from matcher.model import DEFAULT_MODEL
 from synth.params import NAMES, PARAMS
 from synth.twin import MembraneTwin
 
@@ -323,6 +322,27 @@ def test_cli_nn_method_picks_an_index_point(tiny_model, nn_index, hit_wav):
     assert np.min(np.abs(stored - np.array(doc["nu"])).max(axis=1)) < 1e-9
     assert "search" in doc["timings_ms"] and "encode" not in doc["timings_ms"]
     bad = run_cli(hit_wav, "--model", tiny_model, "--method", "nn")
+    assert bad.returncode == 2 and "--nn-index" in bad.stderr
+
+
+def test_hybrid_takes_the_closer_of_encoder_and_nn(tiny_model, nn_index, hit_wav):
+    m = Matcher(tiny_model, "cpu", nn_index)
+    enc = m.match_file(hit_wav, method="encoder")
+    nn = m.match_file(hit_wav, method="nn")
+    hyb = m.match_file(hit_wav, method="hybrid")
+    assert enc.estimate == "encoder" and nn.estimate == "nn"
+    # Its answer is one of the two, the one with the smaller JTFS distance.
+    best = min((enc, nn), key=lambda r: r.jtfs_distance)
+    assert hyb.estimate == best.estimate
+    np.testing.assert_allclose(hyb.nu, best.nu, atol=1e-9)
+    assert hyb.jtfs_distance == pytest.approx(best.jtfs_distance, rel=1e-5)
+    assert {"encode", "search", "choose"} <= hyb.timings_ms.keys()
+    ref = m.match_file(hit_wav, method="hybrid", refine="adam", budget_ms=300)
+    assert ref.refinement["started_from"] == hyb.estimate
+    assert ref.refinement["best"] <= ref.refinement["start"]
+    with pytest.raises(ValueError, match="nearest-neighbour index"):
+        Matcher(tiny_model, "cpu").match_file(hit_wav, method="hybrid")
+    bad = run_cli(hit_wav, "--model", tiny_model, "--method", "hybrid")
     assert bad.returncode == 2 and "--nn-index" in bad.stderr
 
 
