@@ -7,10 +7,11 @@ PIP    := $(PY) -m pip
 # for a newer (multi-GB CUDA) build while resolving other packages.
 TORCH  := torch==2.13.0
 # hydrogen-data: the GMRockKit's recorded hits, used by tests and the match evaluation.
-SYSTEM_PACKAGES := libportaudio2 jackd2 hydrogen-data
+# chromium-headless-shell: the browser of the page test (Playwright drives it).
+SYSTEM_PACKAGES := libportaudio2 jackd2 hydrogen-data chromium-headless-shell
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train bench-match eval-match clean
+.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train bench-match eval-match bench-server clean
 
 install: $(STAMP)
 
@@ -67,6 +68,10 @@ bench-match: install
 eval-match: install
 	$(PY) benchmarks/eval_match.py
 
+# tympan serve through JACK: drop-to-parameters latency, underflows idle vs matching (~3 min).
+bench-server: install
+	$(PY) benchmarks/bench_server.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results
+	rm -rf $(VENV) build *.egg-info tympan-demo benchmarks/results test-artifacts
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("plugin_host.cli", "render_main", "render a MIDI file with a kit"),
     "train": ("training.cli", "main", "build datasets, metrics and models for the matcher"),
     "match": ("plugin_host.match_cli", "main", "estimate membrane parameters from a recorded hit"),
+    "serve": ("plugin_host.server", "main", "the plugin backend: web page, matching, live play"),
 }
 
 

@@ -1,0 +1,411 @@
+"""The server's state: the kit being edited, the live engine, devices, matches, undo.
+
+One :class:`Session` per ``tympan serve``. Its methods are what the HTTP API
+does; they run on the server's threads (never in the audio callback) and
+take :attr:`Session.lock` for changes, which the audio callback never takes:
+the engine sees a new kit as one reference swap (see
+:meth:`plugin_host.engine.Engine.set_kit`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synth import DrumParams
+from synth.params import NAMES, PARAMS
+
+from .engine import Engine
+from .kit import Kit, Pad, load_default_kit
+
+__all__ = ["KIT_NAME", "Session", "SessionError"]
+
+# Kit names on disk: no separators, no leading dot, so a name is never a path.
+KIT_NAME = re.compile(r"^[A-Za-z0-9_\- ][A-Za-z0-9_\-. ]{0,63}$")
+UNDO_DEPTH = 64
+
+
+class SessionError(ValueError):
+    """A request the session cannot carry out; ``status`` is the HTTP code to answer."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def param_table() -> list[dict[str, Any]]:
+    """The five parameters for sliders: name, unit, range, scale, description."""
+    return [{"name": s.name, "unit": s.unit, "low": s.low, "high": s.high, "scale": s.scale,
+             "description": s.description} for s in PARAMS]
+
+
+class Session:
+    """Kit, engine, audio output, MIDI input and matches of one server.
+
+    Parameters
+    ----------
+    kit : Kit
+        The starting kit.
+    kits_dir : Path
+        The only folder kits are saved to and loaded from (created).
+    sr, blocksize, polyphony, effects
+        As for ``tympan play``.
+    audio : bool
+        Open an audio output (False: the page plays ``render.wav`` instead).
+    audio_device : str, optional
+        Output device (name or index); default the system's.
+    midi_in : str, optional
+        MIDI input: ``virtual`` (a port others connect to), a port name or
+        index; None: no MIDI.
+    midi_api : str, optional
+        ``jack``, ``alsa``...; default JACK when a server runs.
+    kit_file : Path, optional
+        Where ``kit`` came from (shown; saving asks for a name).
+    """
+
+    def __init__(self, kit: Kit, kits_dir: Path, sr: int = 48000, blocksize: int = 256,
+                 polyphony: int = 64, effects: bool = True, audio: bool = True,
+                 audio_device: str | None = None, midi_in: str | None = "virtual",
+                 midi_api: str | None = None, kit_file: Path | None = None) -> None:
+        self.lock = threading.RLock()
+        self.kits_dir = Path(kits_dir)
+        self.kits_dir.mkdir(parents=True, exist_ok=True)
+        self.kit_file = kit_file
+        self.sr, self.blocksize = sr, blocksize
+        self.engine = Engine(kit, float(sr), polyphony=polyphony, effects=effects,
+                             max_block=blocksize)
+        self.engine.on_learn = self._learned
+        self.output = None
+        self.audio_device: str | None = None
+        self.audio_error: str | None = None
+        self.midi = None
+        self.midi_port: str | None = None
+        self.midi_error: str | None = None
+        self._midi_api = midi_api
+        self.midi_last: tuple[int, ...] | None = None
+        self.midi_count = 0
+        self._undo: dict[int, deque[Pad]] = {}
+        self.matches: dict[int, dict[str, Any]] = {}
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        if audio:
+            self.open_audio(audio_device)
+        if midi_in is not None:
+            self.open_midi(midi_in)
+
+    # -- events to the page ---------------------------------------------------
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Hand ``message`` to every listener (the WebSocket hub); never raises."""
+        for listener in list(self.listeners):
+            try:
+                listener(message)
+            except Exception:
+                pass
+
+    def _learned(self, mapping) -> None:
+        with self.lock:
+            self.engine.set_kit(self.engine.kit.with_mapping(mapping))
+        self.broadcast({"type": "learned", "cc": mapping.cc, "param": mapping.param,
+                        "pad": mapping.pad})
+
+    # -- devices ----------------------------------------------------------------
+    def open_audio(self, device: str | None) -> None:
+        """Move the output to ``device``; if it cannot be opened, the previous one resumes.
+
+        Raises
+        ------
+        SessionError
+            The device cannot be opened (409; the old output, if any, plays on).
+        """
+        from .audio import AudioError, AudioOutput
+
+        def start(name: str | None) -> AudioOutput:
+            dev: str | int | None = int(name) if name and name.isdigit() else name
+            out = AudioOutput(self.engine, device=dev, blocksize=self.blocksize)
+            out.start()
+            return out
+
+        with self.lock:
+            previous = self.audio_device if self.output is not None else None
+            had_output = self.output is not None
+            self.close_audio()        # one stream at a time: a device may be exclusive
+            try:
+                self.output, self.audio_device, self.audio_error = start(device), device, None
+            except AudioError as err:
+                self.audio_error = str(err)
+                if had_output:
+                    try:
+                        self.output = start(previous)
+                    except AudioError:
+                        self.output = None
+                raise SessionError(str(err), 409) from None
+
+    def close_audio(self) -> None:
+        with self.lock:
+            out, self.output = self.output, None
+            if out is not None:
+                try:
+                    if out.running:
+                        out.stop()
+                    out.close()
+                except Exception:
+                    pass
+
+    def open_midi(self, port: str) -> None:
+        """Listen to ``port`` (``virtual``, a name or an index); on failure the old port stays.
+
+        Raises
+        ------
+        SessionError
+            No such port, or no MIDI system (409; the previous input keeps working).
+        """
+        import rtmidi
+
+        from .jack_midi import JackMidiInput, jack_client_available
+        from .midi import MidiError, MidiInput, resolve_api
+
+        with self.lock:
+            try:
+                api = resolve_api(self._midi_api)
+                native = api == rtmidi.API_UNIX_JACK and jack_client_available()
+                # The new input opens beside the old one, so a bad port changes nothing.
+                midi = JackMidiInput(port, self._on_midi, client_name="Tympan-serve") \
+                    if native else MidiInput(api, port, self._on_midi, client_name="Tympan-serve")
+            except (MidiError, ValueError) as err:
+                self.midi_error = str(err)
+                raise SessionError(str(err), 409) from None
+            self.close_midi()
+            if native:
+                self.engine.block_clock = midi.cycle_start
+                self.engine.clock_wrap = midi.wrap_seconds
+            self.midi, self.midi_port, self.midi_error = midi, midi.port_name, None
+
+    def close_midi(self) -> None:
+        with self.lock:
+            midi, self.midi = self.midi, None
+            self.engine.block_clock, self.engine.clock_wrap = time.perf_counter, 0.0
+            if midi is not None:
+                time.sleep(0.02)        # let a block pass on the engine's own clock
+                try:
+                    midi.close()
+                except Exception:
+                    pass
+
+    def _on_midi(self, data, t: float) -> None:
+        # The MIDI thread: hand the message to the engine, note it for the status bar.
+        self.engine.midi(data, self.engine.frame_at(t))
+        self.midi_last = tuple(data)
+        self.midi_count += 1
+
+    def devices(self) -> dict[str, Any]:
+        """Audio outputs and MIDI inputs, with the ones in use."""
+        from .audio import list_devices
+        from .midi import list_all
+
+        try:
+            audio = list_devices()
+        except Exception as err:       # no PortAudio: say so instead of failing the page
+            audio, self.audio_error = [], str(err)
+        ports: list[str] = []
+        for found in list_all().values():
+            if isinstance(found, list):
+                ports += [p for p in found if p not in ports]
+        current = self.audio_device
+        if self.output is not None:          # the default device has a name too: show it
+            index = self.output.stream.device
+            current = next((d["name"] for d in audio if d["index"] == index), current)
+        return {"audio": {"devices": audio, "current": current,
+                          "running": self.output is not None and self.output.running,
+                          "error": self.audio_error},
+                "midi": {"ports": ports, "current": self.midi_port, "error": self.midi_error}}
+
+    # -- pads -----------------------------------------------------------------
+    def _index(self, note: int) -> int:
+        i = self.engine.kit.pad_index(note)
+        if i is None:
+            raise SessionError(f"no pad plays note {note}; pads: "
+                               f"{', '.join(str(p.note) for p in self.engine.kit.pads)}", 404)
+        return i
+
+    def pad(self, note: int) -> Pad:
+        return self.engine.kit.pads[self._index(note)]
+
+    def pad_out(self, pad: Pad) -> dict[str, Any]:
+        """A pad as the page sees it."""
+        return {"note": pad.note, "name": pad.name,
+                "params": dict(zip(NAMES, map(float, pad.params.to_array()))),
+                "gain_db": float(pad.gain_db),
+                "has_match": self.matches.get(pad.note, {}).get("theta") is not None,
+                "can_undo": bool(self._undo.get(pad.note))}
+
+    def kit_out(self) -> dict[str, Any]:
+        kit = self.engine.kit
+        return {"name": kit.name, "file": None if self.kit_file is None else str(self.kit_file),
+                "pads": [self.pad_out(p) for p in sorted(kit.pads, key=lambda p: p.note)]}
+
+    def update_pad(self, note: int, params: dict[str, float] | None = None,
+                   gain_db: float | None = None, name: str | None = None) -> dict[str, Any]:
+        """Change a pad (the previous state goes on its undo stack); the pad as the page sees it.
+
+        Raises
+        ------
+        SessionError
+            No such pad (404); a value out of range (422, naming it and the range).
+        """
+        with self.lock:
+            old = self.pad(note)
+            theta = dict(zip(NAMES, map(float, old.params.to_array())))
+            unknown = set(params or {}) - set(NAMES)
+            if unknown:
+                raise SessionError(f"unknown parameter(s) {sorted(unknown)}; allowed "
+                                   f"{', '.join(NAMES)}")
+            theta.update(params or {})
+            try:
+                new_params = DrumParams(**theta)
+                new = Pad.from_dict({**old.to_dict(), "params": new_params.to_dict(),
+                                     **({} if gain_db is None else {"gain_db": gain_db}),
+                                     **({} if name is None else {"name": name})},
+                                    f"pads[{note}]")
+            except ValueError as err:
+                raise SessionError(str(err)) from None
+            self._push_undo(old)
+            self.engine.set_kit(self.engine.kit.with_pad(new))
+            out = self.pad_out(new)
+        self.broadcast({"type": "pad", "pad": out})
+        return out
+
+    def _push_undo(self, pad: Pad) -> None:
+        stack = self._undo.setdefault(pad.note, deque(maxlen=UNDO_DEPTH))
+        stack.append(pad)
+
+    def undo(self, note: int) -> dict[str, Any]:
+        """Put the pad back as it was before its last change."""
+        with self.lock:
+            note = self.pad(note).note          # a tracked pad answers several notes
+            stack = self._undo.get(note)
+            if not stack:
+                raise SessionError(f"nothing to undo on pad {note}", 409)
+            self.engine.set_kit(self.engine.kit.with_pad(stack.pop()))
+            out = self.pad_out(self.pad(note))
+        self.broadcast({"type": "pad", "pad": out})
+        return out
+
+    def trigger(self, note: int, velocity: int = 100) -> dict[str, Any]:
+        """Play the pad through the audio output, as a MIDI note-on would."""
+        self._index(note)
+        if not 1 <= velocity <= 127:
+            raise SessionError(f"velocity {velocity}: allowed 1..127")
+        if self.output is None or not self.output.running:
+            return {"played": False,
+                    "reason": "no audio output" + (f" ({self.audio_error})"
+                                                   if self.audio_error else "")}
+        # "Now" on the engine's clock (the JACK frame clock when JACK MIDI drives it).
+        self.engine.midi((0x99, note, velocity), self.engine.frame_at(self.engine.block_clock()))
+        return {"played": True, "reason": None}
+
+    def render_wav(self, note: int, velocity: int = 100) -> bytes:
+        """The pad's hit as 16-bit wav bytes at the session's rate (for the browser)."""
+        from pedalboard.io import AudioFile
+
+        from synth.demo import render_hit
+        from synth.voice import VoicePreset
+
+        pad = self.pad(note)
+        if not 1 <= velocity <= 127:
+            raise SessionError(f"velocity {velocity}: allowed 1..127")
+        gain = pad.velocity.gain(velocity) * 10 ** (pad.gain_db / 20)
+        audio = render_hit(VoicePreset.build(pad.params, self.sr), self.sr, min(1.0, gain))
+        buf = io.BytesIO()
+        with AudioFile(buf, "w", samplerate=self.sr, num_channels=1, bit_depth=16,
+                       format="wav") as f:
+            f.write(audio[None].astype(np.float32))
+        return buf.getvalue()
+
+    def apply_match(self, note: int, source: str, theta: dict[str, float]) -> dict[str, Any]:
+        """Push matched parameters to a pad (undoable); named after the file."""
+        name = f"{Path(source).stem}"[:64] or "match"
+        return self.update_pad(note, params=theta, name=name)
+
+    def learn(self, param: str, pad: int | None, depth: float) -> dict[str, Any]:
+        if not 0 < depth <= 1:
+            raise SessionError(f"depth {depth}: allowed (0, 1]")
+        try:
+            self.engine.learn(param, depth, pad)
+        except ValueError as err:
+            raise SessionError(str(err)) from None
+        return {"armed": True, "param": param, "pad": pad}
+
+    # -- kits -------------------------------------------------------------------
+    def _kit_path(self, name: str) -> Path:
+        if not isinstance(name, str) or not KIT_NAME.match(name) or ".." in name:
+            raise SessionError(f"kit name {name!r}: allowed 1-64 letters, digits, spaces, "
+                               "'_', '-', '.' (no folders: kits live in the kits folder)", 400)
+        path = (self.kits_dir / f"{name}.json").resolve()
+        if path.parent != self.kits_dir.resolve():
+            raise SessionError(f"kit name {name!r} leaves the kits folder", 400)
+        return path
+
+    def kits(self) -> dict[str, Any]:
+        names = sorted(p.stem for p in self.kits_dir.glob("*.json") if p.is_file())
+        current = None
+        if self.kit_file is not None and self.kit_file.parent.resolve() == self.kits_dir.resolve():
+            current = self.kit_file.stem
+        return {"kits": names, "current": current, "folder": str(self.kits_dir.resolve())}
+
+    def save_kit(self, name: str) -> dict[str, Any]:
+        path = self._kit_path(name)
+        with self.lock:
+            kit = replace(self.engine.kit, name=name)
+            written = kit.save(path)          # atomic
+            self.engine.set_kit(kit)
+            self.kit_file = written
+        return {"name": name, "file": str(written)}
+
+    def load_kit(self, name: str) -> dict[str, Any]:
+        path = self._kit_path(name)
+        if not path.is_file():
+            raise SessionError(f"no kit named {name!r} in {self.kits_dir}; saved kits: "
+                               f"{', '.join(self.kits()['kits']) or 'none'}", 404)
+        try:
+            kit = Kit.load(path)
+        except ValueError as err:
+            raise SessionError(str(err)) from None
+        with self.lock:
+            self.engine.set_kit(kit)
+            self.kit_file = path
+            self._undo.clear()
+            self.matches.clear()
+        self.broadcast({"type": "kit"})
+        return self.kit_out()
+
+    # -- status -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        out = self.output
+        running = out is not None and out.running
+        return {"type": "status", "voices": int(self.engine.active_voices),
+                "cpu_load": float(out.cpu_load) if running else 0.0,
+                "underflows": int(out.underflows) if out is not None else 0,
+                "latency_ms": 1e3 * out.total_latency if running else None,
+                "blocks": int(out.callbacks) if out is not None else 0,
+                "hits": int(self.engine.hits), "audio": running,
+                "midi": {"received": self.midi_count,
+                         "last": None if self.midi_last is None else list(self.midi_last),
+                         "port": self.midi_port}}
+
+    def close(self) -> None:
+        self.close_midi()
+        self.close_audio()
+
+
+def default_session_kit(path: str | None) -> tuple[Kit, Path | None]:
+    """The kit to start with: ``path``, or the General MIDI kit."""
+    if path is None:
+        return load_default_kit(), None
+    return Kit.load(path), Path(path)

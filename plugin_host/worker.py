@@ -1,0 +1,375 @@
+"""The matcher worker: a separate process that turns uploaded hits into parameters.
+
+Matching (torch: CQT, encoder, refinement, distances) never runs in the
+server's process, where the audio callback lives: a crash, a stall or the
+GIL held by torch there would be heard. The worker runs at a lower priority
+(``nice``) with few torch threads, so the audio keeps its core.
+
+Protocol (over two :mod:`multiprocessing` queues, plain picklable values only;
+the server never unpickles anything from outside, only its own child's
+messages):
+
+- parent -> worker: ``(job_id, path, options)`` or ``None`` (stop);
+- worker -> parent: ``("ready", info)``, ``("started", job_id)``,
+  ``("params", job_id, match)`` as soon as the encoder (and refinement) has
+  the parameters, then ``("scored", job_id, preview)`` with the distances and
+  the pictures' data, or ``("error", job_id, message, http_status)``.
+
+:class:`MatchWorker` supervises it: if the process dies, the job it was on
+fails with a clear message, a new process starts (fresh queues: a process
+killed inside ``Queue.get`` can leave the old queue's lock held) and the
+jobs still waiting are sent to it, so every request is answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["MatchJob", "MatchWorker", "WorkerError", "preview_data"]
+
+# Preview sizes: enough for a 600-pixel canvas, small enough for JSON.
+WAVE_POINTS = 400
+SPEC_FRAMES = 128
+
+
+class WorkerError(RuntimeError):
+    """A job that got no parameters.
+
+    Attributes
+    ----------
+    status : int
+        422 when the file was the problem (unreadable, silent, too short...),
+        503 when the worker was (died while matching, could not start, stopping).
+    """
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def preview_data(audio: np.ndarray, cqt_db: np.ndarray) -> dict[str, Any]:
+    """A hit reduced for drawing.
+
+    Parameters
+    ----------
+    audio : np.ndarray
+        ``[N]`` samples, peak 1.
+    cqt_db : np.ndarray
+        ``[bins, frames]`` log-magnitude CQT (any scale).
+
+    Returns
+    -------
+    dict
+        ``wave_min``/``wave_max``: ``[WAVE_POINTS]`` envelope of the waveform;
+        ``spec``: ``[bins][<= SPEC_FRAMES]`` ints 0..255 (column-max pooled,
+        scaled to the image's own maximum; low bins first).
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    chunks = np.array_split(x, WAVE_POINTS)
+    lo = [round(float(c.min()), 4) if c.size else 0.0 for c in chunks]
+    hi = [round(float(c.max()), 4) if c.size else 0.0 for c in chunks]
+    s = np.asarray(cqt_db, dtype=np.float64)
+    cols = np.array_split(np.arange(s.shape[1]), min(SPEC_FRAMES, s.shape[1]))
+    pooled = np.stack([s[:, c].max(axis=1) for c in cols], axis=1)
+    top = pooled.max()
+    img = np.zeros_like(pooled) if top <= 0 else np.clip(pooled / top, 0, 1) * 255
+    return {"wave_min": lo, "wave_max": hi, "spec": img.round().astype(int).tolist()}
+
+
+def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, device: str | None,
+                 threads: int, niceness: int) -> None:
+    """The worker process: load the matcher once, then answer jobs until ``None``."""
+    try:
+        os.nice(niceness)
+    except OSError:
+        pass
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        from matcher.audio import AudioError, load_hit
+        from matcher.match import Matcher
+
+        t0 = time.perf_counter()
+        matcher = Matcher(model, device)
+        _ = matcher.model.features, matcher.jtfs      # first use: seconds; not on a job
+        # One warm-up pass so the first user's hit is not the one that pays for
+        # the allocator and kernel selection.
+        from matcher.audio import prepare_hit
+        warm = np.zeros(matcher.audio_config.n_samples, np.float32)
+        warm[:64] = np.hanning(64)
+        matcher.match_hit(prepare_hit(warm, matcher.audio_config.sr, matcher.audio_config),
+                          score=False)
+    except Exception as err:           # reported to the parent, which shows it
+        results.put(("failed", f"{type(err).__name__}: {err}"))
+        return
+    results.put(("ready", {"pid": os.getpid(), "model": str(matcher.path),
+                           "device": str(matcher.device), "threads": threads,
+                           "load_s": time.perf_counter() - t0}))
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job_id, path, options = job
+        results.put(("started", job_id))
+        try:
+            t = time.perf_counter()
+            hit = load_hit(path, matcher.audio_config, options.get("onset"))
+            load_ms = 1e3 * (time.perf_counter() - t)
+            refine = options.get("refine")
+            r = matcher.match_hit(hit, score=False, refine=refine,
+                                  budget_ms=float(options.get("budget_ms", 1000.0)))
+            r.timings_ms = {"load": load_ms, **r.timings_ms}
+            results.put(("params", job_id, {
+                "theta": r.theta, "nu": r.nu, "units": r.units, "timings_ms": r.timings_ms,
+                "onset_seconds": r.onset_seconds, "truncated": r.truncated,
+                "refinement": r.refinement}))
+            t = time.perf_counter()
+            matched = matcher.render(r)
+            d_jtfs, d_mss = matcher.distances(matched, hit.audio)
+            with torch.no_grad():
+                both = torch.tensor(np.stack([hit.audio, matched]), device=matcher.device)
+                cqt = matcher.model.features(both).float().cpu().numpy()
+            results.put(("scored", job_id, {
+                "jtfs_distance": d_jtfs, "mss_distance": d_mss,
+                "sr": matcher.audio_config.sr, "seconds": hit.audio.size / matcher.audio_config.sr,
+                "target": preview_data(hit.audio, cqt[0]),
+                "match": preview_data(matched, cqt[1]),
+                "score_ms": 1e3 * (time.perf_counter() - t)}))
+        except (AudioError, ValueError) as err:     # the user's file: a clear message
+            results.put(("error", job_id, str(err), 422))
+        except Exception as err:                     # a bug: still an answer, not a hang
+            results.put(("error", job_id, f"matching failed: {type(err).__name__}: {err}", 500))
+
+
+@dataclass
+class MatchJob:
+    """One upload on its way through the worker."""
+
+    job_id: int
+    path: str
+    options: dict[str, Any]
+    params: Future = field(default_factory=Future)    # -> the "params" payload
+    scored: Future = field(default_factory=Future)    # -> the "scored" payload
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+
+
+class MatchWorker:
+    """Starts, feeds and supervises the matcher process.
+
+    Parameters
+    ----------
+    model : str, optional
+        Matcher artifact (default: the shipped one).
+    device : str, optional
+        ``cpu`` / ``cuda``; default CUDA when present.
+    threads : int
+        torch threads in the worker (default 1: the audio keeps a core).
+    niceness : int
+        Added to the worker's nice value (default 10).
+    on_status : callable, optional
+        ``on_status(event, info)`` for ``ready``, ``crashed``, ``failed``: the
+        server forwards them to the page.
+    """
+
+    def __init__(self, model: str | None = None, device: str | None = None, threads: int = 1,
+                 niceness: int = 10,
+                 on_status: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.model, self.device, self.threads, self.niceness = model, device, threads, niceness
+        self.on_status = on_status
+        self._ctx = mp.get_context("spawn")       # never fork a process holding audio threads
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, MatchJob] = {}   # submitted, not finished; insertion order
+        self._current: int | None = None          # the job the worker said it started
+        self._proc: mp.Process | None = None
+        self._jobs: mp.Queue | None = None
+        self._results: mp.Queue | None = None
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.info: dict[str, Any] = {}
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._supervise, name="match-worker",
+                                        daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> "MatchWorker":
+        with self._lock:
+            self._spawn()
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        self.ready.clear()
+        self._jobs, self._results = self._ctx.Queue(), self._ctx.Queue()
+        self._proc = self._ctx.Process(
+            target=_worker_main, name="tympan-matcher", daemon=True,
+            args=(self._jobs, self._results, self.model, self.device, self.threads,
+                  self.niceness))
+        self._proc.start()
+        for job in self._pending.values():          # waiting jobs go to the new process
+            self._jobs.put((job.job_id, job.path, job.options))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker; jobs still waiting fail."""
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            try:
+                self._jobs.put(None)
+            except (OSError, ValueError):
+                pass
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            for job in list(self._pending.values()):
+                self._fail(job, "the server is shutting down")
+            self._pending.clear()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not finished (the one being matched included)."""
+        return len(self._pending)
+
+    # -- jobs --------------------------------------------------------------------
+    def submit(self, path: str, options: dict[str, Any] | None = None,
+               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> MatchJob:
+        """Queue a file; ``job.params`` and ``job.scored`` resolve as the worker answers.
+
+        ``on_event(kind, payload)`` is called (from the supervisor thread, or
+        this one for ``queued``) for ``queued``, ``started``, ``params``,
+        ``scored`` and ``error``; ``payload["job"]`` is the job's id.
+        """
+        if self._stop.is_set():
+            raise WorkerError(self.last_error or "the matcher worker is stopped")
+        job = MatchJob(next(self._ids), str(path), dict(options or {}), on_event=on_event)
+        with self._lock:
+            self._pending[job.job_id] = job
+            ahead = len(self._pending) - 1
+            self._jobs.put((job.job_id, job.path, job.options))
+        self._emit(job, "queued", {"ahead": ahead})
+        return job
+
+    def _emit(self, job: MatchJob, kind: str, payload: dict[str, Any]) -> None:
+        if job.on_event is not None:
+            try:
+                job.on_event(kind, {**payload, "job": job.job_id})
+            except Exception:       # a listener's bug must not stop the supervisor
+                pass
+
+    def _fail(self, job: MatchJob, message: str, status: int = 503) -> None:
+        err = WorkerError(message, status)
+        for fut in (job.params, job.scored):
+            if not fut.done():
+                fut.set_exception(err)
+        self._emit(job, "error", {"message": message})
+
+    def _status(self, event: str, info: dict[str, Any]) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(event, info)
+            except Exception:
+                pass
+
+    # -- supervision -------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._results.get(timeout=0.2)
+            except queue.Empty:
+                msg = None
+            except (OSError, EOFError, ValueError):   # the queue broke with its process
+                msg = None
+            if msg is not None:
+                self._handle(msg)
+                continue
+            proc = self._proc
+            if proc is not None and not proc.is_alive() and not self._stop.is_set():
+                self._restart(proc.exitcode)
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            self.info = msg[1]
+            self.ready.set()
+            self._status("ready", dict(msg[1], restarts=self.restarts))
+            return
+        if kind == "failed":                  # the model could not load: nothing will work
+            self.last_error = f"the matcher could not start: {msg[1]}"
+            self._stop.set()
+            with self._lock:
+                for job in list(self._pending.values()):
+                    self._fail(job, self.last_error)
+                self._pending.clear()
+            self._status("failed", {"message": self.last_error})
+            return
+        job_id = msg[1]
+        with self._lock:
+            job = self._pending.get(job_id)
+            if kind == "started":
+                self._current = job_id
+            elif kind in ("scored", "error"):
+                self._pending.pop(job_id, None)
+                if self._current == job_id:
+                    self._current = None
+        if job is None:
+            return
+        if kind == "started":
+            self._emit(job, "started", {})
+        elif kind == "params":
+            job.params.set_result(msg[2])
+            self._emit(job, "params", msg[2])
+        elif kind == "scored":
+            job.scored.set_result(msg[2])
+            self._emit(job, "scored", {k: msg[2][k] for k in ("jtfs_distance", "mss_distance")})
+        elif kind == "error":
+            self._fail(job, msg[2], msg[3])
+
+    def _restart(self, exitcode: int | None) -> None:
+        how = f"exit code {exitcode}" if exitcode is None or exitcode >= 0 \
+            else f"signal {-exitcode}"
+        with self._lock:
+            victim = self._pending.pop(self._current, None) if self._current is not None \
+                else None
+            self._current = None
+            self.restarts += 1
+            self.last_error = f"the matcher worker died ({how}); restarted"
+            if victim is not None:
+                self._fail(victim, f"the matcher worker died ({how}) while matching this "
+                                   "file; it was restarted, try again")
+            self._spawn()
+        self._status("crashed", {"message": self.last_error, "restarts": self.restarts,
+                                 "at": time.time()})
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Block until the worker has loaded its model; its info."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.1):
+            if self.last_error is not None and self._stop.is_set():
+                raise WorkerError(self.last_error)
+            if time.monotonic() > deadline:
+                raise WorkerError(f"the matcher worker was not ready after {timeout:g} s")
+        return self.info
