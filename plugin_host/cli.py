@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Sequence
 
-__all__ = ["devices_main", "play_main", "render_main"]
+__all__ = ["add_live_options", "devices_main", "play_main", "render_main"]
 
 
 def _load_kit(path: str | None):
@@ -45,11 +45,18 @@ def devices_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def play_main(argv: Sequence[str] | None = None) -> int:
-    """Play the kit live from MIDI until interrupted."""
-    parser = argparse.ArgumentParser(prog="tympan play",
-                                     description="Play a kit live: MIDI in, audio out.")
-    parser.add_argument("--kit", metavar="FILE", help="kit file (default: the General MIDI kit)")
+def add_live_options(parser: argparse.ArgumentParser, blocksize: int,
+                     midi_none: bool = False) -> None:
+    """The audio and MIDI options of the live commands (``tympan play``, ``tympan serve``).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    blocksize : int
+        Default frames per audio block.
+    midi_none : bool
+        Also accept ``--midi-in none`` (no MIDI input).
+    """
     parser.add_argument("--midi-api", metavar="API",
                         help="MIDI system: jack, alsa, coremidi, winmm (default: JACK if a "
                              "server runs, else the platform's)")
@@ -57,15 +64,25 @@ def play_main(argv: Sequence[str] | None = None) -> int:
                         help="on JACK, read MIDI through python-rtmidi (events placed to "
                              "within one JACK period) instead of the sample-accurate "
                              "JACK-Client input")
-    parser.add_argument("--midi-in", default="virtual", metavar="NAME|INDEX|virtual",
+    parser.add_argument("--midi-in", default="virtual",
+                        metavar="NAME|INDEX|virtual" + ("|none" if midi_none else ""),
                         help="input port by name, substring or index, or 'virtual' to "
-                             "create a port others connect to (default)")
+                             "create a port others connect to (default)"
+                             + ("; 'none' for no MIDI input" if midi_none else ""))
     parser.add_argument("--audio-device", metavar="NAME", help="output device (name or index)")
     parser.add_argument("--sr", type=int, default=48000, help="sample rate in Hz (default 48000)")
-    parser.add_argument("--blocksize", type=int, default=128,
-                        help="frames per audio block (default 128)")
+    parser.add_argument("--blocksize", type=int, default=blocksize,
+                        help=f"frames per audio block (default {blocksize})")
     parser.add_argument("--polyphony", type=int, default=64, help="voices (default 64)")
     parser.add_argument("--no-effects", action="store_true", help="bypass the effects chain")
+
+
+def play_main(argv: Sequence[str] | None = None) -> int:
+    """Play the kit live from MIDI until interrupted."""
+    parser = argparse.ArgumentParser(prog="tympan play",
+                                     description="Play a kit live: MIDI in, audio out.")
+    parser.add_argument("--kit", metavar="FILE", help="kit file (default: the General MIDI kit)")
+    add_live_options(parser, blocksize=128)
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop after this many seconds (default: until Ctrl-C)")
     parser.add_argument("--quiet", action="store_true", help="no status line")

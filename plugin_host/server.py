@@ -510,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from matcher.cli import OneLineParser
 
+    from .cli import add_live_options
+
     parser = OneLineParser(prog="tympan serve", description=(
         "Run the plugin backend: the live engine with MIDI input, a matcher worker and the "
         "web page (drag a hit onto a pad, hear the match, play it from MIDI)."))
@@ -529,16 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest upload, MiB (default 50)")
     parser.add_argument("--no-audio", action="store_true",
                         help="no audio output (the page plays hits itself)")
-    parser.add_argument("--midi-api", metavar="API", help="MIDI system (default: JACK if "
-                                                          "a server runs, else the platform's)")
-    parser.add_argument("--midi-in", default="virtual", metavar="NAME|INDEX|virtual|none",
-                        help="MIDI input port, 'virtual' (default) or 'none'")
-    parser.add_argument("--audio-device", metavar="NAME", help="output device (name or index)")
-    parser.add_argument("--sr", type=int, default=48000, help="sample rate in Hz (default 48000)")
-    parser.add_argument("--blocksize", type=int, default=256,
-                        help="frames per audio block (default 256)")
-    parser.add_argument("--polyphony", type=int, default=64, help="voices (default 64)")
-    parser.add_argument("--no-effects", action="store_true", help="bypass the effects chain")
+    add_live_options(parser, blocksize=256, midi_none=True)
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: allowed 1..65535")
@@ -567,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(kit, Path(args.kits_dir) if args.kits_dir else _kits_dir_default(),
                       sr=args.sr, blocksize=args.blocksize, polyphony=args.polyphony,
                       effects=not args.no_effects, audio=False,
-                      midi_in=None, midi_api=args.midi_api, kit_file=kit_file)
+                      midi_in=None, midi_api=args.midi_api, rtmidi=args.rtmidi,
+                      kit_file=kit_file)
     notes: list[str] = []
     if not args.no_audio:
         try:

@@ -67,6 +67,9 @@ class Session:
         index; None: no MIDI.
     midi_api : str, optional
         ``jack``, ``alsa``...; default JACK when a server runs.
+    rtmidi : bool
+        On JACK, read MIDI through python-rtmidi instead of the sample-accurate
+        JACK-Client input.
     kit_file : Path, optional
         Where ``kit`` came from (shown; saving asks for a name).
     """
@@ -74,7 +77,8 @@ class Session:
     def __init__(self, kit: Kit, kits_dir: Path, sr: int = 48000, blocksize: int = 256,
                  polyphony: int = 64, effects: bool = True, audio: bool = True,
                  audio_device: str | None = None, midi_in: str | None = "virtual",
-                 midi_api: str | None = None, kit_file: Path | None = None) -> None:
+                 midi_api: str | None = None, rtmidi: bool = False,
+                 kit_file: Path | None = None) -> None:
         self.lock = threading.RLock()
         self.kits_dir = Path(kits_dir)
         self.kits_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,7 @@ class Session:
         self.midi = None
         self.midi_port: str | None = None
         self.midi_error: str | None = None
-        self._midi_api = midi_api
+        self._midi_api, self._rtmidi = midi_api, rtmidi
         self.midi_last: tuple[int, ...] | None = None
         self.midi_count = 0
         self._undo: dict[int, deque[Pad]] = {}
@@ -174,7 +178,8 @@ class Session:
         with self.lock:
             try:
                 api = resolve_api(self._midi_api)
-                native = api == rtmidi.API_UNIX_JACK and jack_client_available()
+                native = (api == rtmidi.API_UNIX_JACK and not self._rtmidi
+                          and jack_client_available())
                 # The new input opens beside the old one, so a bad port changes nothing.
                 midi = JackMidiInput(port, self._on_midi, client_name="Tympan-serve") \
                     if native else MidiInput(api, port, self._on_midi, client_name="Tympan-serve")
