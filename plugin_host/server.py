@@ -190,7 +190,15 @@ class Hub:
         with self.lock:
             queues = list(self.queues)
         for q in queues:
-            loop.call_soon_threadsafe(_put_latest, q, message)
+            _post(loop, _put_latest, q, message)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """Run ``fn(*args)`` on ``loop`` from another thread; nothing if the loop has closed."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:            # shutting down: the loop closed under us
+        pass
 
 
 def _put_latest(q: asyncio.Queue, message: dict[str, Any]) -> None:
@@ -344,7 +352,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
         previous = session.matches.get(note)
         session.matches[note] = {"status": "pending", "job": job.job_id, "source": source}
         job.scored.add_done_callback(
-            lambda fut: loop.call_soon_threadsafe(_scored, note, job.job_id, path, fut))
+            lambda fut: _post(loop, _scored, note, job.job_id, path, fut))
         try:
             found = await asyncio.wrap_future(job.params)
         except WorkerError as err:

@@ -23,6 +23,7 @@ jobs still waiting are sent to it, so every request is answered.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing as mp
 import os
@@ -116,8 +117,18 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
     results.put(("ready", {"pid": os.getpid(), "model": str(matcher.path),
                            "device": str(matcher.device), "threads": threads,
                            "load_s": time.perf_counter() - t0}))
+    # Parameters first: a waiting upload's parameters go before an earlier
+    # upload's distances and pictures, which a user waits for less.
+    scoring: collections.deque = collections.deque()
     while True:
-        job = jobs.get()
+        if scoring:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                _score(matcher, results, *scoring.popleft())
+                continue
+        else:
+            job = jobs.get()
         if job is None:
             return
         job_id, path, options = job
@@ -126,30 +137,39 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
             t = time.perf_counter()
             hit = load_hit(path, matcher.audio_config, options.get("onset"))
             load_ms = 1e3 * (time.perf_counter() - t)
-            refine = options.get("refine")
-            r = matcher.match_hit(hit, score=False, refine=refine,
+            r = matcher.match_hit(hit, score=False, refine=options.get("refine"),
                                   budget_ms=float(options.get("budget_ms", 1000.0)))
             r.timings_ms = {"load": load_ms, **r.timings_ms}
             results.put(("params", job_id, {
                 "theta": r.theta, "nu": r.nu, "units": r.units, "timings_ms": r.timings_ms,
                 "onset_seconds": r.onset_seconds, "truncated": r.truncated,
                 "refinement": r.refinement}))
-            t = time.perf_counter()
-            matched = matcher.render(r)
-            d_jtfs, d_mss = matcher.distances(matched, hit.audio)
-            with torch.no_grad():
-                both = torch.tensor(np.stack([hit.audio, matched]), device=matcher.device)
-                cqt = matcher.model.features(both).float().cpu().numpy()
-            results.put(("scored", job_id, {
-                "jtfs_distance": d_jtfs, "mss_distance": d_mss,
-                "sr": matcher.audio_config.sr, "seconds": hit.audio.size / matcher.audio_config.sr,
-                "target": preview_data(hit.audio, cqt[0]),
-                "match": preview_data(matched, cqt[1]),
-                "score_ms": 1e3 * (time.perf_counter() - t)}))
+            scoring.append((job_id, hit, r))
         except (AudioError, ValueError) as err:     # the user's file: a clear message
             results.put(("error", job_id, str(err), 422))
         except Exception as err:                     # a bug: still an answer, not a hang
             results.put(("error", job_id, f"matching failed: {type(err).__name__}: {err}", 500))
+
+
+def _score(matcher, results: "mp.Queue", job_id: int, hit, r) -> None:
+    """Distances of a match and the pictures' data -> ``("scored", job_id, {...})``."""
+    import torch
+
+    try:
+        t = time.perf_counter()
+        matched = matcher.render(r)
+        d_jtfs, d_mss = matcher.distances(matched, hit.audio)
+        with torch.no_grad():
+            both = torch.tensor(np.stack([hit.audio, matched]), device=matcher.device)
+            cqt = matcher.model.features(both).float().cpu().numpy()
+        results.put(("scored", job_id, {
+            "jtfs_distance": d_jtfs, "mss_distance": d_mss,
+            "sr": matcher.audio_config.sr, "seconds": hit.audio.size / matcher.audio_config.sr,
+            "target": preview_data(hit.audio, cqt[0]),
+            "match": preview_data(matched, cqt[1]),
+            "score_ms": 1e3 * (time.perf_counter() - t)}))
+    except Exception as err:
+        results.put(("error", job_id, f"scoring failed: {type(err).__name__}: {err}", 500))
 
 
 @dataclass
@@ -340,8 +360,9 @@ class MatchWorker:
         if kind == "started":
             self._emit(job, "started", {})
         elif kind == "params":
-            job.params.set_result(msg[2])
-            self._emit(job, "params", msg[2])
+            if not job.params.done():
+                job.params.set_result(msg[2])
+                self._emit(job, "params", msg[2])
         elif kind == "scored":
             job.scored.set_result(msg[2])
             self._emit(job, "scored", {k: msg[2][k] for k in ("jtfs_distance", "mss_distance")})
@@ -351,18 +372,23 @@ class MatchWorker:
     def _restart(self, exitcode: int | None) -> None:
         how = f"exit code {exitcode}" if exitcode is None or exitcode >= 0 \
             else f"signal {-exitcode}"
+        lost = f"the matcher worker died ({how}); restarted"
         with self._lock:
-            victim = self._pending.pop(self._current, None) if self._current is not None \
-                else None
-            self._current = None
             self.restarts += 1
-            self.last_error = f"the matcher worker died ({how}); restarted"
-            if victim is not None:
-                self._fail(victim, f"the matcher worker died ({how}) while matching this "
-                                   "file; it was restarted, try again")
-            self._spawn()
-        self._status("crashed", {"message": self.last_error, "restarts": self.restarts,
-                                 "at": time.time()})
+            self.last_error = lost
+            for job_id, job in list(self._pending.items()):
+                if job.params.done():
+                    # Its parameters are on the pad; only the pictures are lost.
+                    del self._pending[job_id]
+                    self._fail(job, f"{lost} before the match was scored")
+                elif job_id == self._current:
+                    # The file it was on may be what killed it: no second try.
+                    del self._pending[job_id]
+                    self._fail(job, f"the matcher worker died ({how}) while matching this "
+                                    "file; it was restarted, try again")
+            self._current = None
+            self._spawn()                      # the jobs still waiting go to the new one
+        self._status("crashed", {"message": lost, "restarts": self.restarts, "at": time.time()})
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
         """Block until the worker has loaded its model; its info."""
