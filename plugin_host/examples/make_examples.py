@@ -9,7 +9,7 @@ meets the same kind of mismatch as with a recorded drum, while the files stay
 ours to ship (the GMRockKit samples used by the evaluation are GPL).
 
 Run ``python plugin_host/examples/make_examples.py`` to write them again;
-the output is deterministic (seeded), 44.1 kHz mono 24-bit FLAC, 1.5 s.
+the output is deterministic (seeded), 44.1 kHz mono 24-bit FLAC, 3 s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 SR = 44100
-DURATION = 1.5  # s
+DURATION = 3.0  # s: the model window (2.97 s); every hit has decayed by > 40 dB
 
 # Zeros j_mn of the Bessel functions J_m, divided by j_01: the modes of an
 # ideal circular membrane relative to its fundamental.
