@@ -51,22 +51,30 @@ class Served:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env={**jack_server.env,
                                                           "PYTHONPATH": str(REPO)},
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self._wait_ready()
+        except AssertionError as err:
+            self.stop()                 # a half-started server must not outlive the test
+            raise AssertionError(f"{err}\n{self.proc.stderr.read()}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         ready = select.select([self.proc.stdout], [], [], 120)[0]
         self.first = self.proc.stdout.readline() if ready else ""
         if "tympan serve: http" not in self.first:
-            self.stop()
-            raise AssertionError(f"tympan serve did not start: {self.first!r} "
-                                 f"{self.proc.stderr.read()}")
+            raise AssertionError(f"tympan serve did not start: {self.first!r}")
         m = re.search(r"MIDI in '([^']+)'", self.first)
         self.midi_port = m.group(1) if m else None
         deadline = time.monotonic() + 180
         while not self._status_or_none():               # the socket opens after the line
             assert time.monotonic() < deadline, "tympan serve did not answer in 180 s"
-            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert self.proc.poll() is None, "tympan serve exited"
             time.sleep(0.1)
         while not self.status()["worker"]["ready"]:     # the model loads in the worker
             assert time.monotonic() < deadline, "the matcher worker was not ready in 180 s"
-            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert self.proc.poll() is None, "tympan serve exited"
             time.sleep(0.2)
 
     def _status_or_none(self) -> dict | None:
