@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnect
 
-from synth.params import PARAMS
+from synth.params import PARAMS, ParamSpec
 
 from .guard import BodyCap, LocalOnly, audio_kind
 from .session import Session, SessionError, param_table
@@ -80,15 +80,6 @@ class KitOut(BaseModel):
     name: str
     file: str | None
     pads: list[PadOut]
-
-
-class ParamInfo(BaseModel):
-    name: str
-    unit: str
-    low: float
-    high: float
-    scale: Literal["log", "linear"]
-    description: str
 
 
 class MatchOut(BaseModel):
@@ -247,11 +238,8 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
                               "devices and live status. Local requests only.")
     app.state.session, app.state.worker, app.state.hub = session, worker, hub
 
-    def fail(err: SessionError) -> HTTPException:
-        return HTTPException(err.status, str(err))
-
     # -- pads ------------------------------------------------------------------
-    @app.get("/api/params", response_model=list[ParamInfo], tags=["pads"])
+    @app.get("/api/params", response_model=list[ParamSpec], tags=["pads"])
     def params() -> list[dict[str, Any]]:
         """The five membrane parameters: units, ranges and slider scales."""
         return param_table()
@@ -263,46 +251,31 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
 
     @app.get("/api/pads/{note}", response_model=PadOut, tags=["pads"])
     def get_pad(note: int = Note) -> dict[str, Any]:
-        try:
-            return session.pad_out(session.pad(note))
-        except SessionError as err:
-            raise fail(err)
+        return session.pad_out(session.pad(note))
 
     @app.put("/api/pads/{note}", response_model=PadOut, tags=["pads"])
     def put_pad(body: PadUpdate, note: int = Note) -> dict[str, Any]:
         """Set some of a pad's parameters, its gain or name (undoable)."""
         values = None if body.params is None else \
             {k: v for k, v in body.params.model_dump().items() if v is not None}
-        try:
-            return session.update_pad(note, values, body.gain_db, body.name)
-        except SessionError as err:
-            raise fail(err)
+        return session.update_pad(note, values, body.gain_db, body.name)
 
     @app.post("/api/pads/{note}/undo", response_model=PadOut, tags=["pads"],
               responses={409: {"description": "nothing to undo"}})
     def undo(note: int = Note) -> dict[str, Any]:
         """Put the pad back as it was before its last change."""
-        try:
-            return session.undo(note)
-        except SessionError as err:
-            raise fail(err)
+        return session.undo(note)
 
     @app.post("/api/pads/{note}/trigger", response_model=Played, tags=["pads"])
     def trigger(note: int = Note, velocity: int = Query(100, ge=1, le=127)) -> dict[str, Any]:
         """Play the pad through the audio output (``played`` is false without one)."""
-        try:
-            return session.trigger(note, velocity)
-        except SessionError as err:
-            raise fail(err)
+        return session.trigger(note, velocity)
 
     @app.get("/api/pads/{note}/render.wav", tags=["pads"], response_class=Response,
              responses={200: {"content": {"audio/wav": {}}}})
     def render(note: int = Note, velocity: int = Query(100, ge=1, le=127)) -> Response:
         """The pad's hit as a wav file, for the browser to play."""
-        try:
-            return Response(session.render_wav(note, velocity), media_type="audio/wav")
-        except SessionError as err:
-            raise fail(err)
+        return Response(session.render_wav(note, velocity), media_type="audio/wav")
 
     # -- matching ----------------------------------------------------------------
     @app.post("/api/pads/{note}/sample", response_model=SampleOut, tags=["matching"],
@@ -318,10 +291,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
         Answers as soon as the parameters are known; the distances and the
         pictures follow (``GET /api/pads/{note}/match``, WebSocket ``match``).
         """
-        try:
-            note = session.pad(note).note       # a tracked pad answers several notes
-        except SessionError as err:
-            raise fail(err)
+        note = session.pad(note).note       # a tracked pad answers several notes
         head = await file.read(64)
         kind = audio_kind(head)
         if kind is None:
@@ -388,10 +358,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     @app.get("/api/pads/{note}/match", response_model=MatchState, tags=["matching"])
     def match_state(note: int = Note) -> dict[str, Any]:
         """The pad's last match: parameters, distances and the pictures' data."""
-        try:
-            note = session.pad(note).note
-        except SessionError as err:
-            raise fail(err)
+        note = session.pad(note).note
         entry = session.matches.get(note)
         if entry is None:
             return {"status": "none"}
@@ -410,18 +377,12 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     @app.post("/api/kits/save", response_model=Saved, tags=["kits"])
     def save_kit(body: KitName) -> dict[str, Any]:
         """Save the current kit in the kits folder under ``name``."""
-        try:
-            return session.save_kit(body.name)
-        except SessionError as err:
-            raise fail(err)
+        return session.save_kit(body.name)
 
     @app.post("/api/kits/load", response_model=KitOut, tags=["kits"])
     def load_kit(body: KitName) -> dict[str, Any]:
         """Replace the kit with one from the kits folder."""
-        try:
-            return session.load_kit(body.name)
-        except SessionError as err:
-            raise fail(err)
+        return session.load_kit(body.name)
 
     # -- devices ------------------------------------------------------------------
     @app.get("/api/devices", tags=["devices"])
@@ -432,28 +393,19 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     @app.put("/api/devices/audio", tags=["devices"])
     def set_audio(body: AudioChoice) -> dict[str, Any]:
         """Move the output to another device (null: the system default)."""
-        try:
-            session.open_audio(body.device)
-        except SessionError as err:
-            raise fail(err)
+        session.open_audio(body.device)
         return session.devices()
 
     @app.put("/api/devices/midi", tags=["devices"])
     def set_midi(body: MidiChoice) -> dict[str, Any]:
         """Listen to another MIDI input (a port name, index, or ``virtual``)."""
-        try:
-            session.open_midi(body.port)
-        except SessionError as err:
-            raise fail(err)
+        session.open_midi(body.port)
         return session.devices()
 
     @app.post("/api/midi-learn", response_model=Armed, tags=["devices"])
     def midi_learn(body: Learn) -> dict[str, Any]:
         """The next controller (CC) moved will control ``param`` (of ``pad``, or all pads)."""
-        try:
-            return session.learn(body.param, body.pad, body.depth)
-        except SessionError as err:
-            raise fail(err)
+        return session.learn(body.param, body.pad, body.depth)
 
     # -- status ---------------------------------------------------------------------
     def worker_status() -> dict[str, Any]:
@@ -496,6 +448,9 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
 
+    # A session error carries its HTTP status (404 no pad, 409 nothing to undo or a
+    # device that would not open, 422 bad value, 400 bad kit name): every route
+    # lets it propagate to here.
     @app.exception_handler(SessionError)
     async def _session_error(_: Request, err: SessionError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=err.status)

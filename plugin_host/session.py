@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,9 +42,9 @@ class SessionError(ValueError):
 
 
 def param_table() -> list[dict[str, Any]]:
-    """The five parameters for sliders: name, unit, range, scale, description."""
-    return [{"name": s.name, "unit": s.unit, "low": s.low, "high": s.high, "scale": s.scale,
-             "description": s.description} for s in PARAMS]
+    """The five parameters for sliders: name, unit, range (and whether ``low`` is
+    allowed), scale, description."""
+    return [asdict(s) for s in PARAMS]
 
 
 class Session:
