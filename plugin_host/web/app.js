@@ -677,27 +677,22 @@
     $("#preview-mss").textContent = typeof mss === "number" ? fmtNum(mss) : "\u2014";
   }
 
-  function setPreviewPending(text) {
+  // Empty the preview (stale requests are ignored through matchToken); "pending"
+  // marks a match on its way.
+  function resetPreview(text, pending) {
     S.matchToken++;
     clearTimeout(S.matchPoll);
     S.previewData = null;
     $("#preview").dataset.ready = "false";
-    $("#preview").classList.add("pending");
-    $("#preview-note").textContent = text;
-    setMeta(null, null, null);
-    paintPreview();
-  }
-
-  function clearPreview(text) {
-    S.matchToken++;
-    clearTimeout(S.matchPoll);
-    S.previewData = null;
-    $("#preview").dataset.ready = "false";
-    $("#preview").classList.remove("pending");
+    $("#preview").classList.toggle("pending", pending);
     $("#preview-note").textContent = text || "";
     setMeta(null, null, null);
     paintPreview();
   }
+
+  function setPreviewPending(text) { resetPreview(text, true); }
+
+  function clearPreview(text) { resetPreview(text, false); }
 
   function schedulePoll(note, token) {
     clearTimeout(S.matchPoll);
