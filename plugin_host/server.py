@@ -24,10 +24,10 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile, We
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.websockets import WebSocketDisconnect
 
-from synth.params import PARAMS, ParamSpec
+from synth.params import NAMES, PARAMS, ParamSpec
 
 from .guard import BodyCap, LocalOnly, audio_kind
 from .session import Session, SessionError, param_table
@@ -41,23 +41,15 @@ Note = PathParam(ge=0, le=127, description="MIDI note of the pad")
 
 
 # -- bodies and answers ------------------------------------------------------------
-class Params(BaseModel):
-    """Some or all of the five parameters, each inside its range."""
-
-    model_config = ConfigDict(extra="forbid")
-    f0: float | None = Field(None, ge=PARAMS[0].low, le=PARAMS[0].high, description="Hz")
-    tau: float | None = Field(None, ge=PARAMS[1].low, le=PARAMS[1].high, description="s")
-    p: float | None = Field(None, ge=PARAMS[2].low, le=PARAMS[2].high)
-    D: float | None = Field(None, ge=PARAMS[3].low, le=PARAMS[3].high)
-    alpha: float | None = Field(None, ge=PARAMS[4].low, le=PARAMS[4].high)
-
-
-class FullParams(BaseModel):
-    f0: float
-    tau: float
-    p: float
-    D: float
-    alpha: float
+# Built from synth's one parameter table, so names, ranges and units cannot drift.
+Params = create_model(
+    "Params", __config__=ConfigDict(extra="forbid"),
+    __doc__="Some or all of the five parameters, each inside its range.",
+    **{s.name: (float | None, Field(None, ge=s.low, le=s.high,
+                                    description=f"{s.description} ({s.unit or 'no unit'})"))
+       for s in PARAMS})
+FullParams = create_model("FullParams", **{s.name: (float, ...) for s in PARAMS})
+ParamName = Literal[tuple(NAMES)]
 
 
 class PadUpdate(BaseModel):
@@ -154,7 +146,7 @@ class MidiChoice(BaseModel):
 
 class Learn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    param: Literal["f0", "tau", "p", "D", "alpha"]
+    param: ParamName
     pad: int | None = Field(None, ge=0, le=127)
     depth: float = Field(0.5, gt=0.0, le=1.0)
 
@@ -203,8 +195,7 @@ def _put_latest(q: asyncio.Queue, message: dict[str, Any]) -> None:
 
 
 def create_app(session: Session, worker: MatchWorker | None, port: int,
-               extra_hosts: tuple[str, ...] = (), upload_limit: int = 50 * 2**20,
-               match_options: dict[str, Any] | None = None) -> FastAPI:
+               extra_hosts: tuple[str, ...] = (), upload_limit: int = 50 * 2**20) -> FastAPI:
     """The ASGI application serving ``session``.
 
     Parameters
@@ -218,8 +209,6 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
         Host names accepted besides the loopback ones.
     upload_limit : int
         Largest accepted request body, bytes (default 50 MiB).
-    match_options : dict, optional
-        Defaults for matching (``refine``, ``budget_ms``).
     """
     hub = Hub()
     session.listeners.append(hub.publish)
@@ -236,7 +225,6 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     app = FastAPI(title="Tympan", version="1", lifespan=lifespan,
                   description="Backend of the Tympan drum plugin: pads, matching, "
                               "devices and live status. Local requests only.")
-    app.state.session, app.state.worker, app.state.hub = session, worker, hub
 
     # -- pads ------------------------------------------------------------------
     @app.get("/api/params", response_model=list[ParamSpec], tags=["pads"])
@@ -305,9 +293,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
             while chunk := await file.read(1 << 20):
                 out.write(chunk)
         source = Path(file.filename or f"upload.{kind}").name
-        options = dict(match_options or {})
-        if refine:
-            options.update(refine="adam", budget_ms=budget_ms)
+        options = {"refine": "adam", "budget_ms": budget_ms} if refine else {}
         loop = asyncio.get_running_loop()
 
         def on_event(stage: str, payload: dict[str, Any]) -> None:
@@ -334,11 +320,10 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
                     session.matches[note] = previous
             # Messages name the file: the user's name, not the temporary copy's.
             raise HTTPException(err.status, str(err).replace(path, source))
-        pad = await asyncio.to_thread(session.apply_match, note, source, found["theta"])
         entry = session.matches.get(note)
         if entry is not None and entry.get("job") == job.job_id:
-            entry.update(theta=found["theta"])
-        pad["has_match"] = True
+            entry.update(theta=found["theta"])     # before the pad changes: has_match
+        pad = await asyncio.to_thread(session.apply_match, note, source, found["theta"])
         return {"pad": pad, "match": {"job": job.job_id, "source": source, **{
             k: found[k] for k in ("theta", "nu", "units", "timings_ms")}}}
 
@@ -408,23 +393,24 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
         return session.learn(body.param, body.pad, body.depth)
 
     # -- status ---------------------------------------------------------------------
-    def worker_status() -> dict[str, Any]:
+    def full_status() -> dict[str, Any]:
         if worker is None:
-            return {"alive": False, "ready": False, "queued": 0, "restarts": 0,
-                    "last_error": "no matcher"}
-        return {"alive": worker.alive, "ready": worker.ready.is_set(), "queued": worker.queued,
-                "restarts": worker.restarts, "last_error": worker.last_error,
-                "pid": worker.pid}
+            matcher = {"alive": False, "ready": False, "queued": 0, "restarts": 0,
+                       "last_error": "no matcher"}
+        else:
+            matcher = {"alive": worker.alive, "ready": worker.ready.is_set(),
+                       "queued": worker.queued, "restarts": worker.restarts,
+                       "last_error": worker.last_error, "pid": worker.pid}
+        return {**session.status(), "worker": matcher}
 
     @app.get("/api/status", tags=["status"])
     def status() -> dict[str, Any]:
         """What the status bar shows (also pushed on the WebSocket every 0.25 s)."""
-        return {**session.status(), "worker": worker_status()}
+        return full_status()
 
     @app.websocket("/api/ws")
     async def ws(socket: WebSocket) -> None:
         await socket.accept()
-        hub.loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue(maxsize=256)
         with hub.lock:
             hub.queues.add(q)
@@ -433,7 +419,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
                 try:
                     message = await asyncio.wait_for(q.get(), STATUS_PERIOD_S)
                 except asyncio.TimeoutError:
-                    message = {**session.status(), "worker": worker_status()}
+                    message = full_status()
                 await socket.send_json(message)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
@@ -517,14 +503,14 @@ def main(argv: list[str] | None = None) -> int:
               "(Host and Origin must still name this address)", file=sys.stderr)
     import uvicorn
 
-    from .session import Session, default_session_kit
+    from .cli import _load_kit
+    from .session import Session
 
-    kit, kit_file = default_session_kit(args.kit)
-    session = Session(kit, Path(args.kits_dir) if args.kits_dir else _kits_dir_default(),
+    session = Session(_load_kit(args.kit),
+                      Path(args.kits_dir) if args.kits_dir else _kits_dir_default(),
                       sr=args.sr, blocksize=args.blocksize, polyphony=args.polyphony,
-                      effects=not args.no_effects, audio=False,
-                      midi_in=None, midi_api=args.midi_api, rtmidi=args.rtmidi,
-                      kit_file=kit_file)
+                      effects=not args.no_effects, midi_api=args.midi_api, rtmidi=args.rtmidi,
+                      kit_file=None if args.kit is None else Path(args.kit))
     notes: list[str] = []
     if not args.no_audio:
         try:

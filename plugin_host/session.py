@@ -24,7 +24,7 @@ from synth import DrumParams
 from synth.params import NAMES, PARAMS
 
 from .engine import Engine
-from .kit import Kit, Pad, load_default_kit
+from .kit import Kit, Pad
 
 __all__ = ["KIT_NAME", "Session", "SessionError"]
 
@@ -58,13 +58,6 @@ class Session:
         The only folder kits are saved to and loaded from (created).
     sr, blocksize, polyphony, effects
         As for ``tympan play``.
-    audio : bool
-        Open an audio output (False: the page plays ``render.wav`` instead).
-    audio_device : str, optional
-        Output device (name or index); default the system's.
-    midi_in : str, optional
-        MIDI input: ``virtual`` (a port others connect to), a port name or
-        index; None: no MIDI.
     midi_api : str, optional
         ``jack``, ``alsa``...; default JACK when a server runs.
     rtmidi : bool
@@ -72,11 +65,13 @@ class Session:
         JACK-Client input.
     kit_file : Path, optional
         Where ``kit`` came from (shown; saving asks for a name).
+
+    The session starts with no audio output and no MIDI input: :meth:`open_audio`
+    and :meth:`open_midi` open them (without them the page plays ``render.wav``).
     """
 
     def __init__(self, kit: Kit, kits_dir: Path, sr: int = 48000, blocksize: int = 256,
-                 polyphony: int = 64, effects: bool = True, audio: bool = True,
-                 audio_device: str | None = None, midi_in: str | None = "virtual",
+                 polyphony: int = 64, effects: bool = True,
                  midi_api: str | None = None, rtmidi: bool = False,
                  kit_file: Path | None = None) -> None:
         self.lock = threading.RLock()
@@ -99,10 +94,6 @@ class Session:
         self._undo: dict[int, deque[Pad]] = {}
         self.matches: dict[int, dict[str, Any]] = {}
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        if audio:
-            self.open_audio(audio_device)
-        if midi_in is not None:
-            self.open_midi(midi_in)
 
     # -- events to the page ---------------------------------------------------
     def broadcast(self, message: dict[str, Any]) -> None:
@@ -335,7 +326,7 @@ class Session:
 
     def apply_match(self, note: int, source: str, theta: dict[str, float]) -> dict[str, Any]:
         """Push matched parameters to a pad (undoable); named after the file."""
-        name = f"{Path(source).stem}"[:64] or "match"
+        name = Path(source).stem[:64] or "match"
         return self.update_pad(note, params=theta, name=name)
 
     def learn(self, param: str, pad: int | None, depth: float) -> dict[str, Any]:
@@ -407,10 +398,3 @@ class Session:
     def close(self) -> None:
         self.close_midi()
         self.close_audio()
-
-
-def default_session_kit(path: str | None) -> tuple[Kit, Path | None]:
-    """The kit to start with: ``path``, or the General MIDI kit."""
-    if path is None:
-        return load_default_kit(), None
-    return Kit.load(path), Path(path)

@@ -98,7 +98,7 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
 
     torch.set_num_threads(threads)
     try:
-        from matcher.audio import AudioError, load_hit
+        from matcher.audio import AudioError, load_hit, prepare_hit
         from matcher.match import Matcher
 
         t0 = time.perf_counter()
@@ -106,7 +106,6 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
         _ = matcher.model.features, matcher.jtfs      # first use: seconds; not on a job
         # One warm-up pass so the first user's hit is not the one that pays for
         # the allocator and kernel selection.
-        from matcher.audio import prepare_hit
         warm = np.zeros(matcher.audio_config.n_samples, np.float32)
         warm[:64] = np.hanning(64)
         matcher.match_hit(prepare_hit(warm, matcher.audio_config.sr, matcher.audio_config),
@@ -197,16 +196,14 @@ class MatchWorker:
         torch threads in the worker (default 1: the audio keeps a core).
     niceness : int
         Added to the worker's nice value (default 10).
-    on_status : callable, optional
-        ``on_status(event, info)`` for ``ready``, ``crashed``, ``failed``: the
-        server forwards them to the page.
+
+    Its state (``alive``, ``ready``, ``queued``, ``restarts``, ``last_error``)
+    is read by the server's status, which the page shows.
     """
 
     def __init__(self, model: str | None = None, device: str | None = None, threads: int = 1,
-                 niceness: int = 10,
-                 on_status: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 niceness: int = 10) -> None:
         self.model, self.device, self.threads, self.niceness = model, device, threads, niceness
-        self.on_status = on_status
         self._ctx = mp.get_context("spawn")       # never fork a process holding audio threads
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -307,13 +304,6 @@ class MatchWorker:
                 fut.set_exception(err)
         self._emit(job, "error", {"message": message})
 
-    def _status(self, event: str, info: dict[str, Any]) -> None:
-        if self.on_status is not None:
-            try:
-                self.on_status(event, info)
-            except Exception:
-                pass
-
     # -- supervision -------------------------------------------------------------
     def _supervise(self) -> None:
         while not self._stop.is_set():
@@ -335,7 +325,6 @@ class MatchWorker:
         if kind == "ready":
             self.info = msg[1]
             self.ready.set()
-            self._status("ready", dict(msg[1], restarts=self.restarts))
             return
         if kind == "failed":                  # the model could not load: nothing will work
             self.last_error = f"the matcher could not start: {msg[1]}"
@@ -344,7 +333,6 @@ class MatchWorker:
                 for job in list(self._pending.values()):
                     self._fail(job, self.last_error)
                 self._pending.clear()
-            self._status("failed", {"message": self.last_error})
             return
         job_id = msg[1]
         with self._lock:
@@ -388,7 +376,6 @@ class MatchWorker:
                                     "file; it was restarted, try again")
             self._current = None
             self._spawn()                      # the jobs still waiting go to the new one
-        self._status("crashed", {"message": lost, "restarts": self.restarts, "at": time.time()})
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
         """Block until the worker has loaded its model; its info."""
