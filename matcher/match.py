@@ -182,6 +182,15 @@ def determination(m: np.ndarray) -> dict[str, dict[str, float]]:
             "identifiability": dict(zip(NAMES, map(float, ident)))}
 
 
+def _settle(nu: np.ndarray, f0: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An estimate in nu -> ``(theta, nu)``: theta inside the ranges (with the known
+    ``f0``, Hz, when given), and its nu in ``[-1, 1]``; both ``[5]`` float64."""
+    theta = clamp_theta(nu_to_theta(np.clip(nu, -1.0, 1.0)))
+    if f0 is not None:
+        theta[0] = f0
+    return theta, np.clip(theta_to_nu(theta), -1.0, 1.0)
+
+
 def _device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -330,7 +339,7 @@ class Matcher:
             raise ValueError(f"{hit.source}: hit of shape {audio.shape}; this model needs "
                              f"[{n}] samples at {self.audio_config.sr:g} Hz (prepare it with "
                              "Matcher.audio_config)")
-        nu_f0 = None
+        f0 = nu_f0 = None
         if f0_hz is not None:
             f0 = check_value("f0", f0_hz, " (f0_hz, the hit's known fundamental)")
             nu_f0 = float(theta_to_nu(np.array([f0, 0.3, 1e-3, 1e-3, 0.5]))[0])
@@ -364,18 +373,13 @@ class Matcher:
             else:
                 # Both candidates rendered in one batch; the closer in JTFS distance wins.
                 with self._timer(t, "choose"), torch.no_grad():
-                    cands = np.stack([raw, raw_nn])
-                    nus = np.clip(theta_to_nu(np.stack([clamp_theta(nu_to_theta(
-                        np.clip(c, -1.0, 1.0))) for c in cands])), -1.0, 1.0)
+                    nus = np.stack([_settle(c)[1] for c in (raw, raw_nn)])
                     nu_t = torch.as_tensor(nus, dtype=torch.float64, device=self.device)
                     audio = self.twin.from_nu(nu_t).to(torch.float32)
                     d = torch.linalg.vector_norm(self.jtfs.phi(audio) - target_phi, dim=-1)
                 if float(d[1]) < float(d[0]):
                     raw, chosen = raw_nn, "nn"
-        theta = clamp_theta(nu_to_theta(np.clip(raw, -1.0, 1.0)))
-        if f0_hz is not None:
-            theta[0] = f0
-        nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
+        theta, nu = _settle(raw, f0)
         refined = None
         if refine is not None:
             phi = self.jtfs.phi if (refine == "lm" or refine_loss == "jtfs") else None
@@ -390,10 +394,7 @@ class Matcher:
             with self._timer(t, "refine"):
                 r = refine_nu(nu, target[0], self.twin, method=refine, loss=refine_loss,
                               budget_ms=budget_ms, phi=phi)
-            theta = clamp_theta(nu_to_theta(r.nu))
-            if f0_hz is not None:
-                theta[0] = f0
-            nu = np.clip(theta_to_nu(theta), -1.0, 1.0)
+            theta, nu = _settle(r.nu, f0)
             refined = {"method": r.method, "loss": r.loss, "start": r.start, "best": r.best,
                        "iterations": r.iterations, "elapsed_ms": r.elapsed_ms,
                        "started_from": chosen}
