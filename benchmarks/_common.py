@@ -20,6 +20,27 @@ if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
 
+GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"   # Debian's hydrogen-data
+_DRUMS = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
+
+
+def gmrockkit_hits(kit_dir: str = GMROCKKIT, required: bool = True) -> list[Path]:
+    """The GMRockKit's kicks, snares and toms (every velocity layer: 25 files), sorted.
+
+    With ``required``, none found is a clear error (exit) naming the package.
+    """
+    files = sorted(f for pat in _DRUMS for f in Path(kit_dir).glob(pat))
+    if required and not files:
+        raise SystemExit(f"no GMRockKit hits in {kit_dir}: install Debian's hydrogen-data "
+                         "(apt-get install hydrogen-data; `make install` does) or pass --real DIR")
+    return files
+
+
+def example_hits() -> list[Path]:
+    """The example hits shipped with ``tympan demo`` (``plugin_host/examples``)."""
+    return sorted((ROOT / "plugin_host" / "examples").glob("*.flac"))
+
+
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (or the platform's guess)."""
     try:

@@ -30,23 +30,14 @@ printed. The target: encoder-only <= 50 ms per 3-second hit on this CPU.
 from __future__ import annotations
 
 import argparse
-import glob
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine_base, write_json
+from _common import GMROCKKIT, ROOT, example_hits, gmrockkit_hits, machine_base, write_json
 
-GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"
 TARGET_MS = 50.0
-
-
-def _files(kit_dir: str) -> list[Path]:
-    pats = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
-    files = sorted(Path(f) for p in pats for f in glob.glob(f"{kit_dir}/{p}"))
-    files += sorted((ROOT / "plugin_host" / "examples").glob("*.flac"))
-    return files
 
 
 def main() -> None:
@@ -68,7 +59,7 @@ def main() -> None:
     from matcher.match import Matcher
 
     torch.set_num_threads(args.threads)
-    files = _files(args.real)
+    files = gmrockkit_hits(args.real, required=False) + example_hits()
     if not files:
         raise SystemExit("no hits to time")
     t0 = time.perf_counter()

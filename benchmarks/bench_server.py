@@ -27,7 +27,6 @@ Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import subprocess
 import select
@@ -40,18 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, write_json
+from _common import ROOT, example_hits, gmrockkit_hits, write_json
 from bench_host import JackServer, check_jack_tools, machine_info, spawn, stop_all, stop_process
 
-GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"
 TARGET_P50_MS = 300.0
 NOTES = (36, 38, 45, 47, 48, 50)
-
-
-def hits() -> list[Path]:
-    pats = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
-    files = sorted(Path(f) for p in pats for f in glob.glob(f"{GMROCKKIT}/{p}"))
-    return files + sorted((ROOT / "plugin_host" / "examples").glob("*.flac"))
 
 
 def free_port() -> int:
@@ -154,7 +146,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_server.json")
     args = ap.parse_args()
     check_jack_tools()
-    files = hits()
+    files = gmrockkit_hits(required=False) + example_hits()
     jack = JackServer(256, "-serve")
     try:
         port = free_port()

@@ -41,29 +41,16 @@ box plot of the distances.
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine_base, write_json
+from _common import GMROCKKIT, ROOT, gmrockkit_hits, machine_base, write_json
 
 METHODS = ("random", "nn", "encoder", "encoder+refine", "hybrid", "hybrid+refine")
-GMROCKKIT = "/usr/share/hydrogen/data/drumkits/GMRockKit"
-REAL_PATTERNS = ("Kick-*.wav", "Snare-*.wav", "Tom1-*.wav", "Tom2-*.wav", "TomFloor-*.wav")
 # Stages of MatchResult.timings_ms that make a match; "distances" and "setup" do not.
 MATCH_STAGES = ("load", "encode", "search", "choose", "refine", "render")
-
-
-def real_files(kit_dir: str) -> list[str]:
-    """The GMRockKit kick, snare and tom files, sorted; a clear error when absent."""
-    files = sorted(f for pat in REAL_PATTERNS for f in glob.glob(os.path.join(kit_dir, pat)))
-    if not files:
-        raise SystemExit(f"no GMRockKit hits in {kit_dir}: install Debian's hydrogen-data "
-                         "(apt-get install hydrogen-data; `make install` does) or pass --real DIR")
-    return files
 
 
 def nn_index(path: Path, size: int) -> Path:
@@ -200,7 +187,7 @@ def main() -> None:
     from training.protocol import Protocol
 
     torch.set_num_threads(args.threads)
-    files = real_files(args.real)
+    files = gmrockkit_hits(args.real)
     if args.quick:
         files = files[::5]
     index = nn_index(args.nn_index, args.nn_size)
