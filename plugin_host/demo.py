@@ -85,13 +85,14 @@ def match_examples(out_dir: Path, sr: int, model: str | None, budget_ms: float) 
     written: list[Path] = []
     for name, note in EXAMPLE_PADS.items():
         source = EXAMPLES / f"{name}.flac"
-        result = matcher.match_file(source, **options)
+        hit = load_hit(source, matcher.audio_config)      # read once: matched and drawn
+        result = matcher.match_hit(hit, **options)
         params = DrumParams(**result.theta)
         copy = out_dir / f"example-{name}.flac"
         shutil.copyfile(source, copy)
         matched = write_audio(out_dir / f"matched-{name}.wav",
                               render_hit(VoicePreset.build(params, sr), sr), sr)
-        picture = plot_match(load_hit(source, matcher.audio_config).audio, matcher.render(result),
+        picture = plot_match(hit.audio, matcher.render(result),
                              matcher.model.features, matcher.audio_config.sr,
                              out_dir / f"matched-{name}.png",
                              f"{name}: JTFS {result.jtfs_distance:.3g}, "
