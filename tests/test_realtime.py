@@ -100,17 +100,26 @@ def new_partial(mono: np.ndarray, at: int) -> tuple[float, float]:
     """The strongest partial that appears at ``at``, and how clearly it is new.
 
     Spectrum of the 8192 samples after ``at`` minus 1.5 x the spectrum of the
-    8192 before it (30-1200 Hz). "Before" skips a run of exact zeros just ahead
-    of ``at`` (an underflow's dropout, or a cycle the recorder missed), so sound
-    resuming after a gap shows nothing new. Returns (Hz, gain / peak after).
+    8192 before it (30-1200 Hz; zero-padded at the start). "Before" skips a run
+    of exact zeros just ahead of ``at`` (an underflow's dropout, or a cycle the
+    recorder missed), so sound
+    resuming after a gap shows nothing new. Returns (Hz, gain / peak after), or
+    (0, 0) for an onset less than 8192 samples from the end.
     """
     n = 8192
     win = np.hanning(n)
     end = at
     while end > 0 and mono[end - 1] == 0.0 and at - end < 4096:
         end -= 1
-    after = np.abs(np.fft.rfft(mono[at:at + n] * win, 4 * n))
-    before_seg = mono[end - n:end] if end >= n else np.zeros(n)
+    if at + n > len(mono):
+        # Too close to the end to judge: the recording runs 1.2 s past the last
+        # send, so this is a dropout click, never a hit of the sequence.
+        return 0.0, 0.0
+    after_seg = mono[at:at + n]
+    before_seg = np.zeros(n)
+    head = mono[max(0, end - n):end]
+    before_seg[n - len(head):] = head
+    after = np.abs(np.fft.rfft(after_seg * win, 4 * n))
     before = np.abs(np.fft.rfft(before_seg * win, 4 * n))
     freqs = np.fft.rfftfreq(4 * n, 1 / SR)
     band = (freqs > 30) & (freqs < 1200)
