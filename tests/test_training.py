@@ -261,7 +261,8 @@ def test_pnp_without_metric_says_how_to_make_it(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    files = sorted((ROOT / "configs").rglob("*.toml"))
+    # Run files; campaign plans (configs/*/campaign.toml) are tested in test_campaign.
+    files = sorted(f for f in (ROOT / "configs").rglob("*.toml") if f.name != "campaign.toml")
     assert len(files) >= 18
     names = set()
     for f in files:

@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                  "JTFS / spectral distances and parameter errors of a checkpoint on a split"),
     "export": ("training.export", "export_main",
                "write a checkpoint as a portable .tympan model for the matcher"),
+    "campaign": ("training.campaign", "campaign_main",
+                 "run a time-boxed GPU campaign (metric, reference runs, evaluation, export)"),
+    "campaign-report": ("training.campaign", "report_main",
+                        "docs/results.md from a campaign's state"),
     "nn-index": ("training.nn_index", "nn_index_main",
                  "JTFS features of a split's sounds: the nearest-neighbour baseline's index"),
 }
@@ -36,7 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 def _usage() -> str:
     lines = ["usage: tympan train COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<16} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run 'tympan train COMMAND --help' for a command's options."]
     return "\n".join(lines)
 

@@ -70,7 +70,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with optional cosine decay. ``max_steps`` > 0 stops early (tiny runs, benchmarks)."""
+    """Adam with optional cosine decay. ``max_steps`` > 0 stops early (tiny runs, benchmarks);
+    ``max_seconds`` > 0 stops at the first step past that much training time
+    (time-boxed runs on a lent GPU; the schedule still spans ``epochs``)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -78,9 +80,11 @@ class OptimConfig:
     max_steps: int = 0
     schedule: str = "constant"     # or "cosine" (to 0 over all steps)
     grad_clip: float = 0.0         # 0: off
+    max_seconds: float = 0.0       # 0: off
 
     def __post_init__(self) -> None:
         _positive_float("optim", "lr", self.lr)
+        _positive_float("optim", "max_seconds", self.max_seconds, zero_ok=True)
         _positive_float("optim", "weight_decay", self.weight_decay, zero_ok=True)
         _positive_float("optim", "grad_clip", self.grad_clip, zero_ok=True)
         _positive_int("optim", "epochs", self.epochs)

@@ -1,10 +1,10 @@
 """Export a training checkpoint as the matcher's portable ``.tympan`` artifact.
 
 See :mod:`matcher.model` for the format. The artifact carries the encoder's
-weights (float32, eval-mode state: BatchNorm running statistics included), the
-parameter table, the feature and training configurations, the test metrics of
-``tympan train evaluate`` when they are found beside the checkpoint, and the
-library versions. Written atomically.
+weights (float32, or float16 with ``--half``; eval-mode state: BatchNorm
+running statistics included), the parameter table, the feature and training
+configurations, the test metrics of ``tympan train evaluate`` when they are
+found beside the checkpoint, and the library versions. Written atomically.
 """
 
 from __future__ import annotations
@@ -40,11 +40,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None) -> Path:
+def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
+           half: bool = False) -> Path:
     """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
 
     ``metrics``: an evaluation JSON (default: the test report of
-    ``tympan train evaluate`` beside the checkpoint, if present).
+    ``tympan train evaluate`` beside the checkpoint, if present). ``half``:
+    floating-point weights stored as float16 (half the file; the matcher
+    loads them into its float32 encoder).
     """
     from safetensors.torch import save
 
@@ -69,6 +72,9 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None)
         "versions": _versions(),
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in ck["model"].items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    info["weights_dtype"] = "float16" if half else "float32"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
@@ -82,8 +88,10 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("-o", "--out", required=True, help="output file, e.g. model.tympan")
     parser.add_argument("--metrics", help="evaluation JSON to embed (default: the one "
                         "'tympan train evaluate' wrote beside the checkpoint)")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights as float16 (half the size)")
     args = parser.parse_args(argv)
-    path = export(args.ckpt, args.out, args.metrics)
+    path = export(args.ckpt, args.out, args.metrics, half=args.half)
     from matcher.model import MatcherModel
     model = MatcherModel.load(path)      # prove it loads before saying so
     n = sum(p.numel() for p in model.encoder.parameters())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -138,7 +139,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
                device: str = "cpu", batch: int = 32, shard: tuple[int, int] | None = None,
-               progress: bool = True, env: Mapping[str, str] | None = None) -> list[int]:
+               progress: bool = True, env: Mapping[str, str] | None = None,
+               deadline: float | None = None) -> list[int]:
     """Compute this worker's unfinished shards of ``job`` under ``out``.
 
     Parameters
@@ -157,6 +159,9 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
         This worker's share; default from ``RANK`` / ``WORLD_SIZE`` or ``(0, 1)``.
     env : mapping, optional
         Environment to read torchrun's variables from (default ``os.environ``).
+    deadline : float, optional
+        ``time.monotonic()`` value after which no new shard is started (a
+        time-boxed call; the unfinished shards are done by the next one).
 
     Returns
     -------
@@ -189,7 +194,10 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
     who = f" [{index}/{count}]" if count > 1 else ""
     with tqdm(total=total, unit="sound", desc=f"metric {job.split}{who}", disable=not progress,
               dynamic_ncols=True, file=sys.stderr) as bar:
+        done = []
         for i in todo:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             ids = job.shard_cells(i)
             nu = job.protocol.nu(ids)
             ms, evs = [], []
@@ -204,7 +212,8 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
                          theta=job.protocol.theta(ids), M=np.concatenate(ms),
                          eigvals=np.concatenate(evs), header=json_array(job.header()),
                          shard=np.array(i), provenance=json_array(provenance))
-    return todo
+            done.append(i)
+    return done
 
 
 def make_phi(job: MetricJob, device: Any) -> Callable:

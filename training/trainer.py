@@ -131,7 +131,7 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """Config fields that must not change across a resume (length and logging may)."""
     d = json.loads(json.dumps(d))
     d.pop("log", None)
-    for k in ("epochs", "max_steps"):
+    for k in ("epochs", "max_steps", "max_seconds"):
         d["optim"].pop(k, None)
     return d
 
@@ -144,6 +144,11 @@ class _Run:
     def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.main = rank == 0
+        if world > 1 and cfg.optim.max_seconds:
+            # Each rank's clock would stop it at another step, and DDP's next
+            # all-reduce would then wait forever.
+            raise ValueError("[optim] max_seconds works on one process only; use max_steps "
+                             "or epochs to bound a multi-process run")
         torch.manual_seed(cfg.seed * 1000 + rank)
         self.model = Encoder(pitch_known=cfg.pitch_known).to(device)
         self.net: torch.nn.Module = self.model
@@ -274,7 +279,7 @@ class _Run:
     def restore(self, ck: dict[str, Any]) -> None:
         if _comparable(ck["config"]) != _comparable(self.cfg.to_dict()):
             raise ValueError("the config differs from the checkpoint's in more than epochs, "
-                             "max_steps or [log]: resume with the same config file")
+                             "max_steps, max_seconds or [log]: resume with the same config file")
         if ck["world"] != self.world:
             raise ValueError(f"the run was trained on {ck['world']} process(es); resume it on "
                              f"the same number (--devices {ck['world']}) so batches line up")
@@ -357,7 +362,8 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
                 if log and run.step % cfg.log.every == 0:
                     log.row(step=run.step, epoch=run.epoch, split="train", loss=loss,
                             lam=run.damping.lam, lr=run.lr(), seconds=time.perf_counter() - t0)
-                if run.step >= run.total_steps:
+                if run.step >= run.total_steps or (
+                        cfg.optim.max_seconds and time.perf_counter() - t0 > cfg.optim.max_seconds):
                     done = True
                     break
                 if run.step % cfg.log.ckpt_every == 0:

@@ -1,0 +1,257 @@
+"""The GPU campaign's machinery on a CPU: the tiny plan end to end (preflight, metric,
+time-boxed runs, evaluation, half-precision export, pack, unpack, report), deadlines,
+sizing a run to its budget, the max_seconds backstop, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.campaign import _size_run, load_plan, run_campaign, toml_text
+from training.config import TrainConfig, load_config
+from training.metric_job import MetricJob, merge_metric, run_metric
+from training.protocol import Protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "tympan_cli.py"), "train"]
+TINY_PLAN = ROOT / "configs" / "tiny" / "campaign.toml"
+
+
+def sh(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """The tiny plan run once through the CLI as a device call would run it."""
+    tmp = tmp_path_factory.mktemp("campaign")
+    proc = sh("campaign", "--plan", str(TINY_PLAN), "--device", "cpu", "--state",
+              str(tmp / "device"), "--pack", str(tmp / "out"), "--deadline-s", "400", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp, proc
+
+
+def test_tiny_plan_runs_every_stage_and_records_it(campaign):
+    tmp, proc = campaign
+    data = json.loads((tmp / "device" / "campaign.json").read_text())
+    assert {n: s["status"] for n, s in data["stages"].items()} == {
+        "preflight": "done", "metric:test": "done", "run:p": "done", "run:pnp": "done"}
+    assert data["complete"] is True and "campaign: complete" in proc.stdout
+    assert data["hardware"]["device"] == "cpu" and data["hardware"]["torch"] == torch.__version__
+    for name in ("p", "pnp"):
+        st = data["stages"][f"run:{name}"]
+        assert st["eval_sounds"] == 8 and st["steps"] == 4 and st["epochs_done"] == 1
+        assert len(st["epoch_s"]) == 1 and 0 < st["epoch_s"][0] < st["fit_s"]
+        assert st["samples_per_s"] == pytest.approx(4 * 4 / st["train_s"], rel=1e-9)
+        report = json.loads((tmp / "device" / st["report"]).read_text())
+        assert report["jtfs_distance"]["mean"] == pytest.approx(st["jtfs_mean"], rel=1e-12)
+    best = min(("p", "pnp"), key=lambda n: data["stages"][f"run:{n}"]["jtfs_mean"])
+    assert data["best"]["run"] == best and data["best"]["half"] is True
+
+
+def test_metric_stage_matches_the_metric_command_and_records_checksums(campaign, tmp_path):
+    tmp, _ = campaign
+    data = json.loads((tmp / "device" / "campaign.json").read_text())
+    st = data["stages"]["metric:test"]
+    compact = tmp / "device" / st["file"]
+    assert sha256(compact) == st["sha256"]
+    # The same job run independently through tympan train metric's functions.
+    job = MetricJob("test", Protocol(), 4, 8, "float32", "stft-test", n_samples=8192)
+    run_metric(job, tmp_path, device="cpu", batch=4, progress=False)
+    full = merge_metric("test", tmp_path)
+    assert sha256(full) == st["sha256_full"]                  # bit-identical computation
+    with np.load(full) as f_full, np.load(compact) as f:
+        assert set(f.files) == {"cell_ids", "M", "header"} and f["M"].dtype == np.float32
+        np.testing.assert_array_equal(f["cell_ids"], f_full["cell_ids"])
+        np.testing.assert_allclose(f["M"], f_full["M"], rtol=1e-6, atol=0)
+    assert not (tmp / "device" / "metric-work" / "test").exists()   # shards dropped after merge
+
+
+def test_half_precision_export_predicts_like_the_float32_one(campaign, tmp_path):
+    from safetensors import safe_open
+
+    from matcher.model import MatcherModel
+    from training.export import export
+
+    tmp, _ = campaign
+    data = json.loads((tmp / "device" / "campaign.json").read_text())
+    run_dir = tmp / "device" / "runs" / data["best"]["run"]
+    half = tmp / "out" / "default.tympan"
+    assert sha256(half) == data["best"]["sha256"]
+    with safe_open(str(half), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        info = json.loads(f.metadata()["tympan"])
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    assert info["weights_dtype"] == "float16" and info["test_metrics"]["n_sounds"] == 8
+    full = export(run_dir / "best.pt", tmp_path / "f32.tympan")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    audio = torch.from_numpy(np.random.default_rng(3).uniform(-0.5, 0.5, (6, 8192)).astype(np.float32))
+    a = MatcherModel.load(half).predict_nu(audio)
+    b = MatcherModel.load(full).predict_nu(audio)
+    # float16 weights: about 3 significant digits on each weight.
+    assert (a - b).abs().max().item() < 0.02
+
+
+def test_pack_unpack_and_report(campaign, tmp_path):
+    tmp, _ = campaign
+    out = tmp / "out"
+    parts = sorted(out.glob("state.tgz.*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    assert "campaign: complete" in (out / "campaign.log").read_text()
+    # An older local state is kept beside the new one, not lost.
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "old.txt").write_text("mine")
+    proc = sh("campaign", "--unpack", str(out), "--state", str(state))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "state.prev" / "old.txt").read_text() == "mine"
+    assert not list(state.rglob("*.pt")) and (state / "export" / "default.tympan").exists()
+    assert json.loads((state / "campaign.json").read_text())["complete"] is True
+    proc = sh("campaign-report", "--state", str(state), "--docs", str(tmp_path / "docs"),
+              "--configs", str(tmp_path / "ran"))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "docs" / "results.md").read_text()
+    data = json.loads((state / "campaign.json").read_text())
+    for name in ("p", "pnp"):
+        st = data["stages"][f"run:{name}"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | {st['loss']} "))
+        assert f"{st['jtfs_mean']:.4g}" in row and f"{st['mss_mean']:.4g}" in row
+        assert (tmp_path / "docs" / "results" / f"{name}.png").stat().st_size > 10_000
+        # The run file as it ran loads and is what was trained (no clock in it).
+        ran = load_config(tmp_path / "ran" / f"{name}.toml")
+        trained = TrainConfig.from_dict(json.loads(
+            (tmp / "device" / "runs" / name / "config.json").read_text()))
+        assert ran.optim.max_seconds == 0 and ran.optim.epochs == trained.optim.epochs
+        assert ran.data == trained.data and ran.loss == trained.loss
+    assert data["stages"]["metric:test"]["sha256"] in text and data["best"]["sha256"] in text
+
+
+def test_a_finished_campaign_does_nothing_on_the_next_call(campaign):
+    tmp, _ = campaign
+    t0 = time.perf_counter()
+    proc = sh("campaign", "--plan", str(TINY_PLAN), "--device", "cpu", "--state",
+              str(tmp / "device"), "--deadline-s", "60", "--quiet")
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stdout + proc.stderr
+    assert time.perf_counter() - t0 < 30          # no preflight, no stage rerun
+    assert len(json.loads((tmp / "device" / "campaign.json").read_text())["calls"]) == 2
+
+
+def test_a_short_call_defers_what_does_not_fit_and_the_next_continues(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(TINY_PLAN.read_text().replace("preflight = true", "preflight = false")
+                    .replace("limit = 8", "limit = 12"))
+    lines: list[str] = []
+    # Half a second: the metric starts (its first shard may finish), the runs wait.
+    data = run_campaign(load_plan(plan), tmp_path / "s", 0.5, "cpu", progress=False,
+                        say=lines.append)
+    assert data["complete"] is False
+    assert not any(n.startswith("run:") for n in data["stages"]), lines
+    assert any("deferred" in line for line in lines), lines
+    data = run_campaign(load_plan(plan), tmp_path / "s", 300, "cpu", progress=False,
+                        say=lines.append)
+    assert data["complete"] is True
+    st = data["stages"]["metric:test"]
+    assert st["sounds"] == 12 and st["sounds_computed"] == 12 and st["shards"] == "3/3"
+
+
+def test_run_metric_starts_no_shard_past_its_deadline(tmp_path):
+    job = MetricJob("test", Protocol(), 4, 8, "float32", "stft-test", n_samples=8192)
+    assert run_metric(job, tmp_path, device="cpu", batch=4, progress=False,
+                      deadline=time.monotonic() - 1) == []
+    assert run_metric(job, tmp_path, device="cpu", batch=4, progress=False,
+                      deadline=time.monotonic() + 600) == [0, 1]
+
+
+def test_size_run_fits_epochs_or_a_subset_into_the_budget():
+    cfg = load_config(ROOT / "configs" / "pnp-adaptive.toml")        # 82224 cells, batch 64
+    per_epoch = 82224 // 64
+    probe = {"step_s": 0.05, "val_s": 2.0}
+    epoch_s = per_epoch * 0.05 + 2.0
+    big = _size_run(cfg, 7.5 * epoch_s, probe)
+    assert big.optim.epochs == 7 and big.data.n_train == 0
+    assert big.optim.max_seconds == pytest.approx(1.15 * 7.5 * epoch_s, abs=0.05)
+    capped = _size_run(cfg, 1000 * epoch_s, probe)
+    assert capped.optim.epochs == 50                                   # never past the run file's
+    small = _size_run(cfg, 30.0, probe)
+    assert small.optim.epochs == 1 and small.data.n_train == int(28.0 / 0.05) * 64
+
+
+def test_max_seconds_stops_a_run_at_the_next_step(tmp_path):
+    from training.trainer import fit, load_checkpoint
+
+    cfg = load_config(ROOT / "configs" / "tiny" / "p.toml")
+    cfg = replace(cfg, log=replace(cfg.log, dir=str(tmp_path), progress=False, tensorboard=False),
+                  optim=replace(cfg.optim, max_seconds=1e-6))
+    run = fit(cfg)
+    assert load_checkpoint(run / "last.pt")["step"] == 1 and (run / "best.pt").exists()
+
+
+def test_reference_run_files_survive_the_toml_round_trip():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        cfg = load_config(path)
+        again = TrainConfig.from_dict(tomllib.loads(toml_text(cfg.to_dict(), "x\ny")))
+        assert again == cfg, path
+
+
+def test_the_gpu_plan_names_every_reference_run_in_the_issue_order():
+    plan = load_plan(ROOT / "configs" / "gpu" / "campaign.toml")
+    names = [r.name for r in plan.runs]
+    assert names[:5] == ["pnp-adaptive", "p", "pnp-scheduled", "pnp-constant", "mss"]
+    assert names[5:] == [n + "-pitch-known" for n in names[:5]]
+    assert plan.metric.splits == ("train", "val", "test") and plan.metric.phi == "jtfs"
+    assert plan.half and plan.preflight
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bogus = 1\n", "unknown keys ['bogus']"),
+    ("[metric]\nsplits = ['train', 'nope']\n", "split 'nope'"),
+    ("[metric]\nbatchsize = 3\n", "unknown keys ['batchsize']"),
+    ("[[run]]\nbudget_s = 3\n", "needs config"),
+    ("[[run]]\nconfig = 'configs/none.toml'\n", "does not exist"),
+    ("[[run]]\nconfig = 'configs/p.toml'\n[[run]]\nconfig = 'configs/p.toml'\n", "share a name"),
+    ("[[run]]\nconfig = 'configs/p.toml'\nbudget_s = -1\n", "budget_s must be > 0"),
+    ("[export]\nhalf = true\nformat = 'onnx'\n", "[export] allows only half"),
+    ("[metric\n", "not valid TOML"),
+])
+def test_bad_plans_are_named(tmp_path, text, message):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(text)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_plan(plan)
+    proc = sh("campaign", "--plan", str(plan), "--state", str(tmp_path / "s"), "--device", "cpu")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "error" in proc.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cases = [
+        ("campaign", "--state", str(tmp_path / "s"), "--device", "cpu"),                 # no plan
+        ("campaign", "--plan", str(TINY_PLAN), "--state", str(tmp_path / "s"),
+         "--device", "cpu", "--deadline-s", "0"),
+        ("campaign", "--unpack", str(tmp_path), "--state", str(tmp_path / "s")),         # no parts
+        ("campaign-report", "--state", str(tmp_path / "nothing")),
+    ]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state.tgz.00").write_bytes(b"not a tar")
+    cases.append(("campaign", "--unpack", str(tmp_path / "bad"), "--state", str(tmp_path / "s")))
+    if not torch.cuda.is_available():
+        cases.append(("campaign", "--plan", str(TINY_PLAN), "--state", str(tmp_path / "s")))
+    for args in cases:
+        proc = sh(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "s").exists()              # nothing half-made
