@@ -168,6 +168,20 @@ def test_a_short_call_defers_what_does_not_fit_and_the_next_continues(tmp_path):
     assert st["sounds"] == 12 and st["sounds_computed"] == 12 and st["shards"] == "3/3"
 
 
+def test_a_failed_preflight_ends_the_call_recorded_and_packed(tmp_path):
+    plan = tmp_path / "plan.toml"       # a JTFS too long for 1000 samples: fails at once
+    plan.write_text("[metric]\nsplits = ['test']\nlimit = 2\nn_samples = 1000\n"
+                    "[[run]]\nconfig = 'configs/tiny/p.toml'\n")
+    proc = sh("campaign", "--plan", str(plan), "--state", str(tmp_path / "s"), "--device", "cpu",
+              "--pack", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 1 and "campaign stopped: preflight failed" in proc.stdout
+    assert "N = 1000" in proc.stdout and "Traceback" not in proc.stderr
+    stages = json.loads((tmp_path / "s" / "campaign.json").read_text())["stages"]
+    assert list(stages) == ["preflight"] and stages["preflight"]["status"] == "failed"
+    assert (tmp_path / "out" / "state.tgz.00").exists()
+    assert "preflight failed" in (tmp_path / "out" / "campaign.log").read_text()
+
+
 def test_run_metric_starts_no_shard_past_its_deadline(tmp_path):
     job = MetricJob("test", Protocol(), 4, 8, "float32", "stft-test", n_samples=8192)
     assert run_metric(job, tmp_path, device="cpu", batch=4, progress=False,
@@ -220,6 +234,7 @@ def test_the_gpu_plan_names_every_reference_run_in_the_issue_order():
     ("bogus = 1\n", "unknown keys ['bogus']"),
     ("[metric]\nsplits = ['train', 'nope']\n", "split 'nope'"),
     ("[metric]\nbatchsize = 3\n", "unknown keys ['batchsize']"),
+    ("[metric]\nphi = 'mfcc'\n", "phi 'mfcc'"),
     ("[[run]]\nbudget_s = 3\n", "needs config"),
     ("[[run]]\nconfig = 'configs/none.toml'\n", "does not exist"),
     ("[[run]]\nconfig = 'configs/p.toml'\n[[run]]\nconfig = 'configs/p.toml'\n", "share a name"),

@@ -146,6 +146,10 @@ def load_plan(path: str | Path) -> Plan:
     if "metric" in raw:
         metric = _table(raw, "metric", MetricPlan, str(path))
         metric = replace(metric, splits=tuple(metric.splits))
+        from .metric_job import DTYPES, PHIS
+        if metric.phi not in PHIS or metric.dtype not in DTYPES:
+            raise ValueError(f"{path}: [metric] phi {metric.phi!r} / dtype {metric.dtype!r}; "
+                             f"allowed phi {', '.join(PHIS)}, dtype {', '.join(DTYPES)}")
         for s in metric.splits:
             if s not in SPLITS:
                 raise ValueError(f"{path}: [metric] split {s!r}; allowed: {', '.join(SPLITS)}")
@@ -196,7 +200,8 @@ class State:
         return self.stage(name).get("status") == "done"
 
     def record(self, name: str, **values: Any) -> None:
-        self.data["stages"][name] = {**self.stage(name), **values}
+        """Replace the stage's record (a stage that accumulates reads the old one first)."""
+        self.data["stages"][name] = values
         self.save()
 
     def save(self) -> None:
@@ -519,12 +524,12 @@ def run_campaign(plan: Plan, state_dir: str | Path, seconds: float, device: str 
     def attempt(name: str, work: Callable[[], dict[str, Any]]) -> bool:
         t0 = time.perf_counter()
         say(f"[{name}] start ({clock.left():.0f} s left)")
+        fatal = None
         try:
             info = work()
-        except CampaignError:
-            raise
         except Exception as err:  # noqa: BLE001 - recorded; the campaign goes on
             info = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            fatal = err if isinstance(err, CampaignError) else None
         info.setdefault("seconds", time.perf_counter() - t0)
         state.record(name, **info)
         call["ran"].append({"stage": name, "status": info["status"],
@@ -532,6 +537,8 @@ def run_campaign(plan: Plan, state_dir: str | Path, seconds: float, device: str 
         state.save()
         say(f"[{name}] {info['status']} in {time.perf_counter() - t0:.1f} s"
             + (f": {info['error']}" if info["status"] == "failed" else ""))
+        if fatal is not None:
+            raise fatal
         return info["status"] == "done"
 
     if plan.preflight:
