@@ -394,6 +394,8 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
         shutil.rmtree(cfg.run_dir)
     with tempfile.TemporaryDirectory() as tmp:
         probe = _probe(replace(cfg, log=replace(cfg.log, dir=tmp)), dev, run.probe_steps)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()        # the probe's model and optimizer are gone
     sized = _size_run(cfg, run.budget_s, probe)
     t0 = time.perf_counter()
     fit(sized, accelerator=device)
