@@ -56,7 +56,8 @@ def test_tiny_plan_runs_every_stage_and_records_it(campaign):
         st = data["stages"][f"run:{name}"]
         assert st["eval_sounds"] == 8 and st["steps"] == 4 and st["epochs_done"] == 1
         assert len(st["epoch_s"]) == 1 and 0 < st["epoch_s"][0] < st["fit_s"]
-        assert st["samples_per_s"] == pytest.approx(4 * 4 / st["train_s"], rel=1e-9)
+        assert st["samples_per_s"] == pytest.approx(4 * 4 / st["fit_s"], rel=1e-9)
+        assert st["overhead_s"] > 0 and st["seconds"] >= st["fit_s"] + st["eval_s"]
         report = json.loads((tmp / "device" / st["report"]).read_text())
         assert report["jtfs_distance"]["mean"] == pytest.approx(st["jtfs_mean"], rel=1e-12)
     best = min(("p", "pnp"), key=lambda n: data["stages"][f"run:{n}"]["jtfs_mean"])

@@ -61,6 +61,7 @@ PART_BYTES = 15 * 2**20          # device calls return files of at most 16 MiB
 MAX_PARTS = 6                    # ... and 8 files: parts + model + log
 MODEL = "default.tympan"
 LOG = "campaign.log"
+OVERHEAD_S = 30.0                # a run's probe, set-up and export, until one is measured
 
 
 class CampaignError(Exception):
@@ -360,17 +361,13 @@ def _size_run(cfg: Any, budget: float, probe: dict[str, float]) -> Any:
     return replace(cfg, optim=optim, data=data)
 
 
-def _epoch_times(run_dir: Path) -> tuple[list[float], float, int]:
-    """Epoch durations (s, validation included), training seconds and steps from metrics.csv."""
+def _epoch_times(run_dir: Path) -> list[float]:
+    """Epoch durations (s, validation included) from the run's metrics.csv."""
     import csv
 
     with (run_dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    val = [float(r["seconds"]) for r in rows if r["split"] == "val"]
-    epochs = [b - a for a, b in zip([0.0] + val[:-1], val)]
-    train = [r for r in rows if r["split"] == "train"]
-    last = max(train, key=lambda r: int(r["step"])) if train else None
-    return epochs, float(last["seconds"]) if last else 0.0, int(last["step"]) if last else 0
+        val = [float(r["seconds"]) for r in csv.DictReader(f) if r["split"] == "val"]
+    return [b - a for a, b in zip([0.0] + val[:-1], val)]
 
 
 def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bool
@@ -383,6 +380,7 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
     from .export import export
     from .trainer import fit, load_checkpoint
 
+    t_stage = time.perf_counter()
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     cfg = load_config(run.config, name=run.name)
     cfg = replace(cfg,
@@ -401,7 +399,8 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
     fit(sized, accelerator=device)
     fit_s = time.perf_counter() - t0
     run_dir = sized.run_dir
-    epochs, train_s, steps = _epoch_times(run_dir)
+    epochs = _epoch_times(run_dir)
+    steps = load_checkpoint(run_dir / "last.pt")["step"]
     # The run file to reproduce it: the sized epochs, no clock (steps, not seconds).
     reproduce = replace(sized, log=replace(sized.log, dir="runs", progress=True, tensorboard=True),
                         metric=replace(sized.metric, dir="runs/metric"),
@@ -430,9 +429,9 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
             "pitch_known": sized.pitch_known, "budget_s": run.budget_s, "probe": probe,
             "n_train": len(Split(sized, "train", sized.data.n_train)),
             "batch_size": sized.data.batch_size, "epochs_planned": sized.optim.epochs,
-            "epochs_done": len(epochs), "steps": steps, "fit_s": fit_s, "train_s": train_s,
-            "epoch_s": epochs, "samples_per_s": steps * sized.data.batch_size / train_s
-            if train_s else None, "step_samples_per_s": sized.data.batch_size / probe["step_s"],
+            "epochs_done": len(epochs), "steps": steps, "fit_s": fit_s, "epoch_s": epochs,
+            "samples_per_s": steps * sized.data.batch_size / fit_s,
+            "step_samples_per_s": sized.data.batch_size / probe["step_s"],
             "best_step": ck["step"], "eval_s": eval_s, "eval_batch": batch,
             "eval_sounds": summary["n_sounds"], "jtfs_mean": summary["jtfs_distance"]["mean"],
             "mss_mean": summary["mss_distance"]["mean"], "p_loss": summary["p_loss"],
@@ -447,6 +446,8 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
                               "sha256": _sha256(path), "bytes": path.stat().st_size,
                               "half": half}
         info["exported"] = True
+    # Probe, set-up and export: what a call must allow beyond fitting and evaluation.
+    info["overhead_s"] = time.perf_counter() - t_stage - fit_s - eval_s
     return info
 
 
@@ -567,8 +568,9 @@ def run_campaign(plan: Plan, state_dir: str | Path, seconds: float, device: str 
         if needs_metric and not metric_ready:
             say(f"[{name}] deferred: the metric is not finished")
             continue
-        measured = [s.get("eval_s", 0.0) for s in state.data["stages"].values()]
-        need = run.budget_s * 1.15 + max([run.eval_s] + measured) + 15
+        stages = state.data["stages"].values()
+        need = (run.budget_s * 1.15 + max([run.eval_s] + [s.get("eval_s", 0.0) for s in stages])
+                + max([OVERHEAD_S] + [s.get("overhead_s", 0.0) for s in stages]))
         if clock.left() < need:
             say(f"[{name}] deferred: needs about {need:.0f} s, {max(clock.left(), 0):.0f} s left")
             continue
@@ -710,7 +712,8 @@ def write_report(state_dir: str | Path, docs: str | Path, configs: str | Path) -
                   "| run | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += params_rows
         lines += ["", "Epoch s: mean epoch time, validation included. Samples/s (fit): "
-                  "sounds trained over the whole fit, validation included; (step): one "
+                  "sounds trained over the whole fit (set-up, validation and checkpoints "
+                  "included); (step): one "
                   "training step alone, from the probe (synthesis, CQT, forward, backward).",
                   "", "Each run: `tympan train evaluate runs/NAME/best.pt --split test` "
                   "(JSON, Markdown, and the error plots below)."]
