@@ -36,11 +36,9 @@ import json
 import math
 import platform
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,13 +130,10 @@ def _table(raw: dict[str, Any], key: str, kind: type, where: str, **extra: Any) 
 
 def load_plan(path: str | Path) -> Plan:
     """Read a campaign plan (TOML); raises ValueError naming what is wrong."""
+    from .config import read_toml
+
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"plan file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"plan file {path} is not valid TOML: {err}") from None
+    raw = read_toml(path, "plan file")
     top = {"preflight", "metric", "defaults", "run", "export", "margin_s"}
     bad = sorted(set(raw) - top)
     if bad:
@@ -246,33 +241,23 @@ class _Clock:
 
 def _metric_stage(plan: MetricPlan, split: str, state: State, device: str, clock: _Clock,
                   progress: bool) -> dict[str, Any]:
-    from .metric_job import MetricJob, merge_metric, run_metric
+    from .metric_job import MetricJob, _shard_path, merge_metric, run_metric
     from .protocol import Protocol
 
     job = MetricJob(split, Protocol(), plan.shard_size, plan.limit or None, plan.dtype,
                     plan.phi, n_samples=plan.n_samples)
-    import torch
-
     work = state.root / "metric-work"
     t0 = time.perf_counter()
-    batch = plan.batch
-    while True:
-        try:
-            done = run_metric(job, work, device=device, batch=batch, progress=progress,
-                              deadline=time.monotonic() + clock.left())
-            break
-        except torch.OutOfMemoryError:
-            # Finished shards are kept; the rest is redone with smaller passes.
-            if batch == 1:
-                raise
-            batch //= 2
-            torch.cuda.empty_cache()
+    # Finished shards are kept across a retry; the rest is redone with smaller passes.
+    done, batch = _halving_on_oom(
+        lambda b: run_metric(job, work, device=device, batch=b, progress=progress,
+                             deadline=time.monotonic() + clock.left()), plan.batch)
     seconds = time.perf_counter() - t0
     n_done = sum(len(job.shard_cells(i)) for i in done)
     prev = state.stage(f"metric:{split}")
     total_s = prev.get("seconds", 0.0) + seconds
     total_n = prev.get("sounds_computed", 0) + n_done
-    finished = sum((work / split / f"shard-{i:05d}.npz").exists() for i in range(job.n_shards))
+    finished = sum(_shard_path(work / split, i).exists() for i in range(job.n_shards))
     info = {"seconds": total_s, "sounds_computed": total_n, "sounds": job.n_sounds,
             "sounds_per_s": total_n / total_s if total_s > 0 else None,
             "shards": f"{finished}/{job.n_shards}", "batch": batch, "phi": plan.phi}
@@ -291,6 +276,21 @@ def _metric_stage(plan: MetricPlan, split: str, state: State, device: str, clock
     shutil.rmtree(work / split)
     full.unlink()
     return info
+
+
+def _halving_on_oom(work: Callable[[int], Any], batch: int) -> tuple[Any, int]:
+    """``work(batch)``, retried with half the batch while the GPU runs out of memory;
+    returns its result and the batch that worked."""
+    import torch
+
+    while True:
+        try:
+            return work(batch), batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2
+            torch.cuda.empty_cache()
 
 
 def _to_toml_value(v: Any) -> str:
@@ -413,17 +413,10 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
         f"sized to {run.budget_s:g} s).{cut}\ntympan train fit --config THIS_FILE"))
     ck = load_checkpoint(run_dir / "best.pt")
     t0 = time.perf_counter()
-    batch = run.eval_batch
-    while True:      # the fitted run is lost with the call if its evaluation fails: adapt
-        try:
-            summary = evaluate(run_dir / "best.pt", "test", run.eval_limit, batch, device,
-                               run_dir, progress=progress, plot=True)
-            break
-        except torch.OutOfMemoryError:
-            if batch == 1:
-                raise
-            batch //= 2
-            torch.cuda.empty_cache()
+    # The fitted run is lost with the call if its evaluation fails: adapt the batch.
+    summary, batch = _halving_on_oom(
+        lambda b: evaluate(run_dir / "best.pt", "test", run.eval_limit, b, device, run_dir,
+                           progress=progress, plot=True), run.eval_batch)
     eval_s = time.perf_counter() - t0
     info = {"status": "done", "config": run.config, "loss": sized.loss,
             "pitch_known": sized.pitch_known, "budget_s": run.budget_s, "probe": probe,
@@ -585,7 +578,9 @@ def run_campaign(plan: Plan, state_dir: str | Path, seconds: float, device: str 
 
 
 def _loss_of(config: str) -> str:
-    return tomllib.loads(Path(config).read_text()).get("loss", "p")
+    from .config import read_toml
+
+    return read_toml(config).get("loss", "p")
 
 
 # -- moving the state between machines -------------------------------------------------

@@ -22,7 +22,7 @@ from .metric_job import PHIS
 from .protocol import Protocol
 
 __all__ = ["LOSSES", "TrainConfig", "DataConfig", "OptimConfig", "MetricConfig",
-           "LogConfig", "load_config"]
+           "LogConfig", "load_config", "read_toml"]
 
 LOSSES = ("p", "pnp", "mss", "jtfs")
 
@@ -206,15 +206,21 @@ class TrainConfig:
         return cls(**d)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; ValueError naming ``what`` when it is absent or not TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid TOML: {err}") from None
+
+
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read a TOML run file; ``overrides`` replace top-level fields (e.g. ``name``)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+    raw = read_toml(path)
     raw.update(overrides)
     try:
         return TrainConfig.from_dict(raw)
