@@ -102,9 +102,9 @@ def new_partial(mono: np.ndarray, at: int) -> tuple[float, float]:
     Spectrum of the 8192 samples after ``at`` minus 1.5 x the spectrum of the
     8192 before it (30-1200 Hz; zero-padded at the start). "Before" skips a run
     of exact zeros just ahead of ``at`` (an underflow's dropout, or a cycle the
-    recorder missed), so sound
-    resuming after a gap shows nothing new. Returns (Hz, gain / peak after), or
-    (0, 0) for an onset less than 8192 samples from the end.
+    recorder missed), so sound resuming after a gap shows nothing new. Returns
+    (Hz, gain / peak after), or (0, 0) for an onset less than 8192 samples from
+    the end.
     """
     n = 8192
     win = np.hanning(n)
