@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine import Engine
 
-__all__ = ["AudioError", "AudioOutput", "list_devices"]
+__all__ = ["AudioError", "AudioOutput", "FadeOut", "list_devices"]
 
 
 class AudioError(RuntimeError):
@@ -32,8 +32,55 @@ def list_devices() -> list[dict[str, Any]]:
             for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] > 0]
 
 
+class FadeOut:
+    """A raised-cosine fade to silence, applied block by block in the audio callback.
+
+    The curve is preallocated, followed by a block of zeros; :meth:`apply`
+    only slices it, so it allocates nothing, and the result does not depend
+    on the block sizes.
+
+    Parameters
+    ----------
+    seconds : float
+        Length of the fade.
+    sr : float
+        Sample rate, Hz.
+    max_block : int
+        Largest block :meth:`apply` is given, frames.
+    """
+
+    def __init__(self, seconds: float, sr: float, max_block: int) -> None:
+        n = max(1, int(round(seconds * sr)))
+        self.frames = n
+        self._curve = np.zeros(n + max_block, np.float32)
+        self._curve[:n] = 0.5 + 0.5 * np.cos(np.pi * np.arange(n) / n)
+        self._at = -1                         # < 0: not fading
+
+    def start(self) -> None:
+        """Begin the fade at the next block (control thread)."""
+        self._at = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the fade has reached silence."""
+        return self._at >= self.frames
+
+    def apply(self, block: np.ndarray) -> None:
+        """Scale ``block`` ``[channels, n]`` in place (no-op until :meth:`start`)."""
+        at = self._at
+        if at < 0:
+            return
+        n = block.shape[-1]
+        at = min(at, self._curve.shape[0] - n)  # past the curve: its zeros
+        np.multiply(block, self._curve[at:at + n], out=block)
+        self._at = at + n
+
+
 class AudioOutput:
     """A stereo output stream playing ``engine``.
+
+    Stopping with :meth:`fade_out` first ends the sound with a short fade
+    instead of a click.
 
     Parameters
     ----------
@@ -46,6 +93,8 @@ class AudioOutput:
     latency : str or float
         PortAudio's suggested latency ("low", "high" or seconds).
     """
+
+    FADE_SECONDS = 0.02      # fade-out before a stop: long enough to avoid a click
 
     def __init__(self, engine: Engine, device: str | int | None = None, blocksize: int = 128,
                  latency: str | float = "low", history: int = 1 << 16):
@@ -60,6 +109,7 @@ class AudioOutput:
         self.callbacks = 0
         self.underflows = 0
         self.errors = 0
+        self._fade = FadeOut(self.FADE_SECONDS, engine.sr, blocksize)
         # Events arriving now are scheduled one block ahead: constant latency,
         # their relative timing kept to the sample. (Scheduling less than a
         # block ahead to offset the limiter's 12-sample lookahead was measured
@@ -81,6 +131,7 @@ class AudioOutput:
                 self.underflows += 1
             block = self._buffer if frames == self.blocksize else self._buffer[:, :frames]
             self.engine.process(block)
+            self._fade.apply(block)
             outdata[:] = block.T
         except Exception:
             outdata.fill(0.0)
@@ -94,6 +145,23 @@ class AudioOutput:
 
     def stop(self) -> None:
         self.stream.stop()
+
+    def fade_out(self, timeout: float = 0.25) -> bool:
+        """Fade the output to silence (:attr:`FADE_SECONDS`) before a stop.
+
+        Waits until the callback has played the fade, at most ``timeout``
+        seconds (a stalled stream must not hold up the exit); returns whether
+        the fade was played.
+        """
+        if not self.running:
+            return False
+        self._fade.start()
+        deadline = time.monotonic() + timeout
+        while not self._fade.done:
+            if time.monotonic() > deadline or not self.running:
+                return False
+            time.sleep(0.005)
+        return True
 
     def close(self) -> None:
         self.stream.close()

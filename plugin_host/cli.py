@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from typing import Sequence
 
@@ -96,6 +95,7 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     from .engine import Engine
     from .jack_midi import JackMidiInput, jack_client_available
     from .midi import MidiInput, resolve_api
+    from .signals import StopSignals
 
     kit = _load_kit(args.kit)
     api = resolve_api(args.midi_api)
@@ -116,16 +116,16 @@ def play_main(argv: Sequence[str] | None = None) -> int:
         else MidiInput(api, args.midi_in, on_message)
     if native_jack:
         engine.block_clock, engine.clock_wrap = midi.cycle_start, midi.wrap_seconds
-    stop = threading.Event()
     output.start()
     lost = False
-    try:
-        print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "
-              f"{args.sr} Hz, {args.blocksize}-frame blocks, output latency "
-              f"{output.total_latency * 1000:.1f} ms (device {output.latency * 1000:.1f} ms + "
-              f"effects {output.effects_latency_frames} frames). Ctrl-C to stop.", flush=True)
-        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    with StopSignals("tympan play") as stop:
         try:
+            print(f"playing {kit.name!r}: {len(kit.pads)} pads, MIDI in {midi.port_name!r}, "
+                  f"{args.sr} Hz, {args.blocksize}-frame blocks, output latency "
+                  f"{output.total_latency * 1000:.1f} ms (device {output.latency * 1000:.1f} ms "
+                  f"+ effects {output.effects_latency_frames} frames). Ctrl-C to stop.",
+                  flush=True)
+            deadline = None if args.seconds is None else time.monotonic() + args.seconds
             while not stop.wait(0.25):
                 if not output.running:
                     lost = True
@@ -140,18 +140,17 @@ def play_main(argv: Sequence[str] | None = None) -> int:
                     sys.stdout.flush()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-        except KeyboardInterrupt:
-            pass
         finally:
-            # The audio callback reads the MIDI client's frame clock: give it its own
-            # clock back and let a block pass before that client goes away.
+            # Wind down (a second Ctrl-C from here on forces the exit): MIDI first, so
+            # no hit starts in the fade; the callback reads the MIDI client's frame
+            # clock, so it gets its own clock back a block before that client goes.
             engine.block_clock, engine.clock_wrap = time.perf_counter, 0.0
-            time.sleep(0.05)
+            time.sleep(0.01 + args.blocksize / args.sr)
             midi.close()
-    finally:
-        if not lost:
-            output.stop()
-            output.close()
+            if not lost:
+                output.fade_out()
+                output.stop()
+                output.close()
     print(f"\nstopped: {engine.hits} hits, {output.underflows} underflows, "
           f"{output.errors} callback errors, {engine.dropped + midi.dropped} events dropped, "
           f"{engine.late} hits late")

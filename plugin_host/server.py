@@ -18,7 +18,9 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+import uvicorn
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket
 from fastapi import Path as PathParam
@@ -31,6 +33,7 @@ from synth.params import NAMES, PARAMS, ParamSpec
 
 from .guard import BodyCap, LocalOnly, audio_kind
 from .session import Session, SessionError, param_table
+from .signals import StopSignals
 from .worker import MatchWorker, WorkerError
 
 __all__ = ["create_app"]
@@ -268,6 +271,7 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     # -- matching ----------------------------------------------------------------
     @app.post("/api/pads/{note}/sample", response_model=SampleOut, tags=["matching"],
               responses={413: {"description": "upload too large"},
+                         409: {"description": "a kit was loaded while matching"},
                          415: {"description": "not an audio file"},
                          422: {"description": "unreadable, silent or too short"},
                          503: {"description": "the matcher is not available"}})
@@ -305,25 +309,17 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
         except WorkerError as err:            # the model could not load: say why
             os.unlink(path)
             raise HTTPException(err.status, str(err))
-        previous = session.matches.get(note)
-        session.matches[note] = {"status": "pending", "job": job.job_id, "source": source}
+        generation = session.begin_match(note, job.job_id, source)
         job.scored.add_done_callback(
             lambda fut: _post(loop, _scored, note, job.job_id, path, fut))
         try:
             found = await asyncio.wrap_future(job.params)
         except WorkerError as err:
-            # The pad keeps its sound, so it keeps the match that made it.
-            if session.matches.get(note, {}).get("job") == job.job_id:
-                if previous is None:
-                    session.matches.pop(note, None)
-                else:
-                    session.matches[note] = previous
+            session.fail_match(note, job.job_id)
             # Messages name the file: the user's name, not the temporary copy's.
             raise HTTPException(err.status, str(err).replace(path, source))
-        entry = session.matches.get(note)
-        if entry is not None and entry.get("job") == job.job_id:
-            entry.update(theta=found["theta"])     # before the pad changes: has_match
-        pad = await asyncio.to_thread(session.apply_match, note, source, found["theta"])
+        pad = await asyncio.to_thread(session.apply_match, note, job.job_id, generation,
+                                      source, found["theta"])
         return {"pad": pad, "match": {"job": job.job_id, "source": source, **{
             k: found[k] for k in ("theta", "nu", "units", "timings_ms")}}}
 
@@ -332,26 +328,16 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
             os.unlink(path)
         except OSError:
             pass
-        entry = session.matches.get(note)
-        if entry is None or entry.get("job") != job_id:
-            return                       # a newer upload replaced this one
-        if fut.exception() is not None:
-            entry.update(status="error", message=str(fut.exception()))
+        err = fut.exception()
+        if err is not None:
+            session.finish_match(note, job_id, error=str(err))
         else:
-            entry.update(status="scored", **fut.result())
+            session.finish_match(note, job_id, scored=fut.result())
 
     @app.get("/api/pads/{note}/match", response_model=MatchState, tags=["matching"])
     def match_state(note: int = Note) -> dict[str, Any]:
         """The pad's last match: parameters, distances and the pictures' data."""
-        note = session.pad(note).note
-        entry = session.matches.get(note)
-        if entry is None:
-            return {"status": "none"}
-        out = {k: entry.get(k) for k in ("status", "job", "source", "message", "theta",
-                                         "jtfs_distance", "mss_distance")}
-        if entry.get("status") == "scored":
-            out["preview"] = {k: entry[k] for k in ("sr", "seconds", "target", "match")}
-        return out
+        return session.match_state(session.pad(note).note)
 
     # -- kits ---------------------------------------------------------------------
     @app.get("/api/kits", response_model=KitList, tags=["kits"])
@@ -396,11 +382,12 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
     def full_status() -> dict[str, Any]:
         if worker is None:
             matcher = {"alive": False, "ready": False, "queued": 0, "restarts": 0,
-                       "last_error": "no matcher"}
+                       "last_error": "no matcher", "current": None}
         else:
             matcher = {"alive": worker.alive, "ready": worker.ready.is_set(),
                        "queued": worker.queued, "restarts": worker.restarts,
-                       "last_error": worker.last_error, "pid": worker.pid}
+                       "last_error": worker.last_error, "pid": worker.pid,
+                       "current": worker.current}
         return {**session.status(), "worker": matcher}
 
     @app.get("/api/status", tags=["status"])
@@ -452,6 +439,22 @@ def _kits_dir_default() -> Path:
     return Path(base) / "tympan" / "kits"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, closing the matcher worker as its shutdown starts.
+
+    Uploads waiting for parameters then answer 503 at once instead of holding
+    the graceful shutdown until their match ends.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets=None) -> None:
+        await asyncio.to_thread(self._on_shutdown)
+        await super().shutdown(sockets)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``tympan serve``: engine, MIDI, matcher worker and the page, until Ctrl-C."""
     import ipaddress
@@ -501,8 +504,6 @@ def main(argv: list[str] | None = None) -> int:
         extra = (args.host,)
         print(f"tympan serve: warning: binding {args.host}: other machines can reach the API "
               "(Host and Origin must still name this address)", file=sys.stderr)
-    import uvicorn
-
     from .cli import _load_kit
     from .session import Session
 
@@ -523,26 +524,41 @@ def main(argv: list[str] | None = None) -> int:
         except SessionError as err:
             notes.append(f"no MIDI input ({err})")
     worker = MatchWorker(args.model, args.match_device, threads=args.worker_threads)
-    try:
-        app = create_app(session, worker, args.port, extra,
-                         upload_limit=int(args.upload_limit_mb * 2**20))
-        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                               log_level="warning", lifespan="on"))
-        worker.start()
-        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
-        print(f"tympan serve: {url}  kit {session.engine.kit.name!r} "
-              f"({len(session.engine.kit.pads)} pads), audio "
-              f"{'on' if session.output else 'off'}, MIDI in {session.midi_port or 'none'!r}, "
-              f"kits in {session.kits_dir}; Ctrl-C to stop", flush=True)
-        for note in notes:
-            print(f"tympan serve: warning: {note}", file=sys.stderr, flush=True)
+    with StopSignals("tympan serve") as stop:
         try:
-            server.run()
-        except KeyboardInterrupt:      # Ctrl-C is how a server stops: not an error
-            pass
-    finally:
-        worker.close()
-        session.close()
+            app = create_app(session, worker, args.port, extra,
+                             upload_limit=int(args.upload_limit_mb * 2**20))
+            # Pending uploads get their 503 at once; a connection that still
+            # lingers is cut after a second.
+            server = _Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                            log_level="warning", lifespan="on",
+                                            timeout_graceful_shutdown=1),
+                             on_shutdown=worker.close)
+            worker.start()
+            # uvicorn in a thread of its own: then it installs no signal handlers,
+            # and StopSignals alone decides (a first Ctrl-C winds down, a second
+            # forces the exit, whatever the server is doing).
+            thread = threading.Thread(target=server.run, name="tympan-http", daemon=True)
+            thread.start()
+            while not server.started and thread.is_alive() and not stop.wait(0.05):
+                pass
+            if server.started:
+                url = (f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}"
+                       f":{args.port}/")
+                print(f"tympan serve: {url}  kit {session.engine.kit.name!r} "
+                      f"({len(session.engine.kit.pads)} pads), audio "
+                      f"{'on' if session.output else 'off'}, MIDI in "
+                      f"{session.midi_port or 'none'!r}, kits in {session.kits_dir}; "
+                      "Ctrl-C to stop", flush=True)
+                for note in notes:
+                    print(f"tympan serve: warning: {note}", file=sys.stderr, flush=True)
+            while thread.is_alive() and not stop.wait(0.1):
+                pass
+            server.should_exit = True         # Ctrl-C is how a server stops: not an error
+            thread.join(5.0)
+        finally:
+            worker.close()
+            session.close()
     if not server.started:
         raise OSError(f"could not serve on {args.host}:{args.port} (port in use?)")
     print("tympan serve: stopped", flush=True)

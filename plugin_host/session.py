@@ -92,7 +92,9 @@ class Session:
         self.midi_last: tuple[int, ...] | None = None
         self.midi_count = 0
         self._undo: dict[int, deque[Pad]] = {}
-        self.matches: dict[int, dict[str, Any]] = {}
+        # Matches per pad note; only the match methods below touch them, under the lock.
+        self._matches: dict[int, dict[str, Any]] = {}
+        self._kit_generation = 0          # counts kit loads: a match of an older kit is stale
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- events to the page ---------------------------------------------------
@@ -238,7 +240,7 @@ class Session:
         return {"note": pad.note, "name": pad.name,
                 "params": dict(zip(NAMES, map(float, pad.params.to_array()))),
                 "gain_db": float(pad.gain_db),
-                "has_match": self.matches.get(pad.note, {}).get("theta") is not None,
+                "has_match": self.has_match(pad.note),
                 "can_undo": bool(self._undo.get(pad.note))}
 
     def kit_out(self) -> dict[str, Any]:
@@ -324,10 +326,88 @@ class Session:
             f.write(audio[None].astype(np.float32))
         return buf.getvalue()
 
-    def apply_match(self, note: int, source: str, theta: dict[str, float]) -> dict[str, Any]:
-        """Push matched parameters to a pad (undoable); named after the file."""
+    # -- matches ----------------------------------------------------------------
+    # A match's life: begin (upload queued) -> apply (parameters on the pad) ->
+    # finish (distances and pictures, or an error); or begin -> fail (no
+    # parameters: the pad keeps its sound, so it keeps the match that made it).
+    # A newer upload to the same pad replaces the entry; loading a kit clears them.
+
+    def begin_match(self, note: int, job_id: int, source: str) -> int:
+        """Record an upload to pad ``note`` as pending; returns the kit generation it belongs to."""
+        with self.lock:
+            self._matches[note] = {"status": "pending", "job": job_id, "source": source,
+                                   "previous": self._matches.get(note)}
+            return self._kit_generation
+
+    def apply_match(self, note: int, job_id: int, generation: int, source: str,
+                    theta: dict[str, float]) -> dict[str, Any]:
+        """Push a match's parameters to its pad (undoable, named after the file).
+
+        Raises
+        ------
+        SessionError
+            409 when a kit was loaded since the upload: its pad is gone, and the
+            parameters must not land on the new kit's pad.
+        """
         name = Path(source).stem[:64] or "match"
-        return self.update_pad(note, params=theta, name=name)
+        with self.lock:
+            if generation != self._kit_generation:
+                raise SessionError(f"{source}: a kit was loaded while it was being matched; "
+                                   "drop it again on the new kit's pad", 409)
+            # Its entry: the pad's, or one a newer upload keeps to fall back on.
+            entry = self._matches.get(note)
+            while entry is not None and entry["job"] != job_id:
+                entry = entry["previous"]
+            if entry is not None:
+                entry["theta"] = dict(theta)    # before the pad changes: has_match
+            try:
+                return self.update_pad(note, params=theta, name=name)
+            except SessionError:
+                if entry is not None:
+                    del entry["theta"]
+                raise
+
+    def fail_match(self, note: int, job_id: int) -> None:
+        """An upload that got no parameters: the pad's entry goes back to what it was."""
+        with self.lock:
+            entry = self._matches.get(note)
+            if entry is None or entry["job"] != job_id:
+                return                          # replaced, or the kit changed
+            previous = entry["previous"]
+            if previous is None:
+                del self._matches[note]
+            else:
+                self._matches[note] = previous
+
+    def finish_match(self, note: int, job_id: int, scored: dict[str, Any] | None = None,
+                     error: str | None = None) -> None:
+        """The distances and pictures of a match (``scored``), or why it has none (``error``)."""
+        with self.lock:
+            entry = self._matches.get(note)
+            if entry is None or entry["job"] != job_id:
+                return                          # a newer upload replaced it, or the kit changed
+            entry["previous"] = None            # settled: nothing to go back to
+            if error is not None:
+                entry.update(status="error", message=error)
+            else:
+                entry.update(status="scored", **(scored or {}))
+
+    def has_match(self, note: int) -> bool:
+        """Whether the pad's sound came from a match whose parameters are known."""
+        with self.lock:
+            return self._matches.get(note, {}).get("theta") is not None
+
+    def match_state(self, note: int) -> dict[str, Any]:
+        """The pad's last match (a copy): status, job, source, message, theta, distances, preview."""
+        with self.lock:
+            entry = self._matches.get(note)
+            if entry is None:
+                return {"status": "none"}
+            out = {k: entry.get(k) for k in ("status", "job", "source", "message", "theta",
+                                             "jtfs_distance", "mss_distance")}
+            if entry.get("status") == "scored":
+                out["preview"] = {k: entry[k] for k in ("sr", "seconds", "target", "match")}
+            return out
 
     def learn(self, param: str, pad: int | None, depth: float) -> dict[str, Any]:
         if not 0 < depth <= 1:
@@ -377,7 +457,8 @@ class Session:
             self.engine.set_kit(kit)
             self.kit_file = path
             self._undo.clear()
-            self.matches.clear()
+            self._matches.clear()
+            self._kit_generation += 1
         self.broadcast({"type": "kit"})
         return self.kit_out()
 
