@@ -305,7 +305,8 @@ def test_closing_during_a_flood_neither_hangs_nor_crashes(jack_server, midi_send
                             cwd=REPO, env={**jack_server.env, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     flood = [(i * 1e-4, [0x90, i % 128, 100]) for i in range(5_000)]
-    deadline = time.monotonic() + 20
+    # The child takes ~2 s alone; 60 s leaves room for a loaded CI machine (a hang never ends).
+    deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         sender.send(flood)  # 0.5 s at 10,000 messages/s, again until the child is done
     try:
