@@ -2,6 +2,7 @@
 
 audio (load, onset-align) -> features (CQT) -> encoder -> model (exported
 artifact) -> match (MatchResult: parameters, distances, determination via the
-metric); jtfs and distances are the perceptual side. Refinement and the
-nearest-neighbour baseline are still to come.
+metric); refine (Adam or Levenberg-Marquardt from the estimate) and nn (the
+nearest-neighbour index) are the other estimates; jtfs and distances are the
+perceptual side.
 """

@@ -1,5 +1,7 @@
 """Offline training of the matcher (imports ``synth`` and ``matcher``).
 
-Not built yet: protocol, metric M(theta), losses, trainer and export arrive
-with the JTFS/metric and training issues.
+protocol (theta grid, splits) -> metric_job (M(theta), sharded, resumable)
+-> losses (P, PNP with damping, MSS, JTFS) -> data / trainer (fit, DDP,
+exact resume) -> evaluate -> export (the artifact ``matcher.model`` loads);
+campaign runs the whole sequence in time-boxed stages on a lent accelerator.
 """
