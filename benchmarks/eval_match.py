@@ -46,28 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import GMROCKKIT, ROOT, gmrockkit_hits, machine_base, write_json
-
-METHODS = ("random", "nn", "encoder", "encoder+refine", "hybrid", "hybrid+refine")
-# Stages of MatchResult.timings_ms that make a match; "distances" and "setup" do not.
-MATCH_STAGES = ("load", "encode", "search", "choose", "refine", "render")
+from _common import (GMROCKKIT, ROOT, add_matcher_args, box_plots, gmrockkit_hits,
+                     load_matcher, machine_base, match_methods, run_methods, summarize, wins,
+                     write_json)
 
 
-def nn_index(path: Path, size: int) -> Path:
-    """The cached NN index, built with ``tympan train nn-index`` when missing."""
-    if not path.is_file():
-        import tympan_cli
-
-        print(f"building the NN index ({size} training cells) at {path}; done once")
-        rc = tympan_cli.main(["train", "nn-index", "--out", str(path), "--limit", str(size)])
-        if rc != 0:
-            raise SystemExit(f"building the NN index failed (exit {rc})")
-    return path
-
-
-def run_set(matcher, items: list[tuple[str, object, np.ndarray | None, float]], budget_ms: float,
-            seed: int, progress: bool) -> list[dict]:
-    """Match every item with every method.
+def run_set(matcher, items: list[tuple[str, object, np.ndarray | None, float]], methods: dict,
+            seed: int) -> list[dict]:
+    """Match every item with every method (``_common.run_methods``).
 
     Parameters
     ----------
@@ -76,86 +62,15 @@ def run_set(matcher, items: list[tuple[str, object, np.ndarray | None, float]], 
     Returns
     -------
     list of dict
-        One per (item, method): name, method, jtfs, mss, ms, nu, and err (``[5]``) when
-        the true nu is known.
+        One per (item, method): name, method, jtfs, mss, ms, nu, and err (``[5]``, the
+        |error| in nu) when the true nu is known.
     """
-    import torch
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for name, hit, nu_true, prep_ms in tqdm(items, disable=not progress, unit="file",
-                                            desc="matching"):
-        target = torch.tensor(np.asarray(hit.audio), dtype=torch.float32)
-        for method in METHODS:
-            if method == "random":
-                t0 = time.perf_counter()
-                nu = rng.uniform(-1.0, 1.0, 5)
-                est = matcher._render(nu)[0]
-                ms = prep_ms + 1e3 * (time.perf_counter() - t0)
-                d_jtfs, d_mss = matcher.distances(est, target)
-            else:
-                base, _, refined = method.partition("+")
-                opts = {"method": base}
-                if refined:
-                    opts.update(refine="adam", budget_ms=budget_ms)
-                r = matcher.match_hit(hit, **opts)
-                nu = np.asarray(r.nu)
-                ms = prep_ms + sum(r.timings_ms.get(k, 0.0) for k in MATCH_STAGES)
-                d_jtfs, d_mss = r.jtfs_distance, r.mss_distance
-            row = {"name": name, "method": method, "jtfs": d_jtfs, "mss": d_mss, "ms": ms,
-                   "nu": [float(v) for v in nu]}
-            if nu_true is not None:
-                row["err"] = [float(v) for v in np.abs(nu - nu_true)]
-            rows.append(row)
+    rows = run_methods(matcher, [(name, hit, ms) for name, hit, _, ms in items], methods, seed)
+    truth = {name: nu for name, _, nu, _ in items}
+    for row in rows:
+        if truth[row["name"]] is not None:
+            row["err"] = [float(v) for v in np.abs(np.asarray(row["nu"]) - truth[row["name"]])]
     return rows
-
-
-def summarize(rows: list[dict]) -> dict[str, dict]:
-    """Per method: mean/median JTFS, mean/median MSS, mean ms, and mean |error| in nu."""
-    from synth.params import NAMES
-
-    out = {}
-    for method in METHODS:
-        rs = [r for r in rows if r["method"] == method]
-        j, m = np.array([r["jtfs"] for r in rs]), np.array([r["mss"] for r in rs])
-        s = {"files": len(rs), "jtfs_mean": j.mean(), "jtfs_median": float(np.median(j)),
-             "mss_mean": m.mean(), "mss_median": float(np.median(m)),
-             "ms_per_file": float(np.mean([r["ms"] for r in rs]))}
-        if rs and "err" in rs[0]:
-            s["mae_nu"] = dict(zip(NAMES, np.mean([r["err"] for r in rs], axis=0).tolist()))
-        out[method] = s
-    return out
-
-
-def wins(rows: list[dict], a: str, b: str) -> tuple[int, int]:
-    """Files where method ``a`` has a smaller JTFS distance than ``b``, of all files."""
-    da = {r["name"]: r["jtfs"] for r in rows if r["method"] == a}
-    db = {r["name"]: r["jtfs"] for r in rows if r["method"] == b}
-    return sum(da[k] < db[k] for k in da), len(da)
-
-
-def plot(results: dict, path: Path) -> None:
-    """Box plots of JTFS and MSS distance per method, one row per set."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = list(results)
-    fig, axes = plt.subplots(len(sets), 2, figsize=(10, 3.2 * len(sets)), squeeze=False)
-    for row, name in zip(axes, sets):
-        rows = results[name]["rows"]
-        for ax, key, label in zip(row, ("jtfs", "mss"), ("JTFS distance", "MSS distance")):
-            ax.boxplot([[r[key] for r in rows if r["method"] == m] for m in METHODS],
-                       showmeans=True)
-            ax.set_xticks(range(1, len(METHODS) + 1), METHODS)
-            ax.set_title(f"{name} ({results[name]['summary']['encoder']['files']} files): {label}")
-            ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"plot written to {path}")
 
 
 def main() -> None:
@@ -164,16 +79,7 @@ def main() -> None:
                     help="seeded test-split cells (default 100)")
     ap.add_argument("--real", default=GMROCKKIT, metavar="DIR",
                     help=f"GMRockKit folder (default {GMROCKKIT})")
-    ap.add_argument("--budget-ms", type=float, default=1000.0, help="refinement budget per hit")
-    ap.add_argument("--model", help="matcher artifact (default: the shipped model)")
-    ap.add_argument("--nn-index", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "nn-train-2000.npz")
-    ap.add_argument("--nn-size", type=int, default=2000,
-                    help="training cells in the index when it is built (default 2000)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 8 synthetic cells, 5 real files, 300 ms budget")
+    add_matcher_args(ap, "smoke run: 8 synthetic cells, 5 real files, 300 ms budget")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "eval_match.json")
     args = ap.parse_args()
     if args.quick:
@@ -182,19 +88,14 @@ def main() -> None:
     import torch
 
     from matcher.audio import load_hit, prepare_hit
-    from matcher.match import Matcher
     from synth.twin import MembraneTwin
     from training.protocol import Protocol
 
-    torch.set_num_threads(args.threads)
     files = gmrockkit_hits(args.real)
     if args.quick:
         files = files[::5]
-    index = nn_index(args.nn_index, args.nn_size)
-    t0 = time.perf_counter()
-    matcher = Matcher(args.model, device="cpu", nn_index=index)
-    _ = matcher.model.features, matcher.jtfs
-    load_s = time.perf_counter() - t0
+    matcher, load_s = load_matcher(args)
+    methods = match_methods(args.budget_ms)
     cfg = matcher.audio_config
 
     protocol = Protocol()
@@ -217,15 +118,15 @@ def main() -> None:
     results = {}
     for name, items in (("synthetic", synthetic), ("real", real)):
         print(f"{name}: {len(items)} files")
-        rows = run_set(matcher, items, args.budget_ms, args.seed, progress=True)
-        results[name] = {"summary": summarize(rows), "rows": rows}
+        rows = run_set(matcher, items, methods, args.seed)
+        results[name] = {"summary": summarize(rows, methods), "rows": rows}
 
     won, total = wins(results["real"]["rows"], "encoder+refine", "nn")
     won_h, _ = wins(results["real"]["rows"], "hybrid+refine", "nn")
     real_sum = results["real"]["summary"]
     target_met = real_sum["encoder+refine"]["jtfs_mean"] < real_sum["nn"]["jtfs_mean"]
     doc = {"benchmark": "eval_match", "machine": machine_base(("matcher", "synth")),
-           "model": str(matcher.path), "model_load_s": load_s, "nn_index": str(index),
+           "model": str(matcher.path), "model_load_s": load_s, "nn_index": str(args.nn_index),
            "nn_index_size": len(matcher.nn), "budget_ms": args.budget_ms,
            "torch_threads": args.threads, "real_dir": args.real,
            "target": {"encoder+refine beats nn on real hits (mean JTFS)": bool(target_met),
@@ -233,7 +134,8 @@ def main() -> None:
                       "files won by hybrid+refine over nn (JTFS)": [won_h, total]},
            **results}
     write_json(args.json, doc)
-    plot(results, args.json.with_suffix(".png"))
+    box_plots({name: r["rows"] for name, r in results.items()}, methods,
+              {"jtfs": "JTFS distance", "mss": "MSS distance"}, args.json.with_suffix(".png"))
 
     print(f"\nmodel {matcher.path.name}, loaded in {load_s:.1f} s; NN index of "
           f"{len(matcher.nn)} sounds; refinement budget {args.budget_ms:g} ms; CPU, "
