@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None,
     if args.json:
         doc = result.to_json()
         doc["model"] = str(matcher.path)
+        doc["encoder_backend"] = matcher.model.backend
         doc["out"] = None if out is None else str(out)
         doc["plot"] = args.plot
         print(json.dumps(doc, indent=2))

@@ -8,12 +8,21 @@ versions that made it. Loading reads tensors and JSON only: nothing is
 unpickled, and neither Lightning nor the training package is needed.
 
 The package ships a default model (:data:`DEFAULT_MODEL`), so matching works
-right after install.
+right after install, with its encoder-only graph ``default.onnx`` beside it.
+
+Backends of :meth:`MatcherModel.predict_nu`: ``"onnx"`` runs the graph
+``MODEL.onnx`` beside ``MODEL.tympan`` on ONNX Runtime's CPU provider (see
+:mod:`matcher.onnx_model`); ``"torch"`` runs :class:`~matcher.features.CQTFeatures`
+and the encoder; ``"auto"`` (the default, or the ``TYMPAN_BACKEND`` environment
+variable) picks ONNX on CPU when the graph exists and onnxruntime imports, and
+torch otherwise. A graph that exists but does not match its model is an error,
+never a silent fallback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +33,22 @@ from synth.params import NAMES, clamp_theta, nu_to_theta
 
 from .encoder import Encoder
 from .features import CQTFeatures, FeatureConfig
+from .onnx_model import OnnxEncoder, onnx_path
 
-__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "DEFAULT_MODEL", "MatcherModel"]
+__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "BACKENDS", "DEFAULT_MODEL", "MatcherModel"]
 
 ARTIFACT_FORMAT = "tympan-model"
 ARTIFACT_VERSION = 1
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.tympan"
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class MatcherModel:
@@ -42,6 +61,11 @@ class MatcherModel:
     features : FeatureConfig
     info : dict
         The artifact's JSON document.
+
+    Attributes
+    ----------
+    onnx : OnnxEncoder or None
+        The checked ONNX graph, when the backend chosen at load is ``"onnx"``.
     """
 
     def __init__(self, encoder: Encoder, features: FeatureConfig, info: dict[str, Any]):
@@ -50,12 +74,23 @@ class MatcherModel:
         self.info = info
         self.pitch_known = bool(info["pitch_known"])
         self._features: CQTFeatures | None = None
+        self.onnx: OnnxEncoder | None = None
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu"
-             ) -> "MatcherModel":
-        """Read an artifact; raises ValueError naming what is wrong with the file."""
+    def load(cls, path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu",
+             backend: str | None = None) -> "MatcherModel":
+        """Read an artifact; raises ValueError naming what is wrong with the file.
+
+        ``backend``: ``"auto"``, ``"onnx"`` or ``"torch"`` (see the module
+        docstring); default the ``TYMPAN_BACKEND`` environment variable, else
+        ``"auto"``. ``"onnx"`` needs a CPU device and a valid ``.onnx`` beside
+        ``path``; the graph is checked against the artifact's sha256.
+        """
         from safetensors import SafetensorError, safe_open
+
+        backend = os.environ.get("TYMPAN_BACKEND", "auto") if backend is None else backend
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: allowed {', '.join(BACKENDS)}")
 
         path = Path(path)
         if not path.is_file():
@@ -82,8 +117,25 @@ class MatcherModel:
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not fit the encoder (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")
-        model = cls(encoder, FeatureConfig.from_dict(info["features"]), info)
-        return model.to(device)
+        model = cls(encoder, FeatureConfig.from_dict(info["features"]), info).to(device)
+        graph = onnx_path(path)
+        on_cpu = model.device.type == "cpu"
+        if backend == "onnx" or (backend == "auto" and on_cpu and graph.is_file()
+                                 and _has_onnxruntime()):
+            if not on_cpu:
+                raise ValueError(f"the ONNX backend runs on the CPU, not {model.device}; "
+                                 "use backend 'torch' (or 'auto')")
+            if not graph.is_file():
+                raise ValueError(f"no ONNX graph {graph} beside the model; build it with "
+                                 f"'tympan train export-onnx {path}' or use backend 'torch'")
+            model.onnx = OnnxEncoder(graph, path, model.feature_config, encoder.n_out,
+                                     threads=torch.get_num_threads())
+        return model
+
+    @property
+    def backend(self) -> str:
+        """``"onnx"`` or ``"torch"``: what :meth:`predict_nu` runs (ONNX only on the CPU)."""
+        return "onnx" if self.onnx is not None and self.device.type == "cpu" else "torch"
 
     def to(self, device: str | torch.device) -> "MatcherModel":
         self.encoder.to(device)
@@ -118,6 +170,11 @@ class MatcherModel:
         -------
         torch.Tensor, ``[B, 5]`` (or ``[5]``) float32 in ``[-1, 1]``.
         """
+        if self.backend == "onnx":
+            a = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+            single = a.ndim == 1
+            out = torch.from_numpy(self.onnx(a[None] if single else a))
+            return self._with_f0(out, nu_f0)[0 if single else slice(None)]
         x = torch.as_tensor(audio, dtype=torch.float32)
         single = x.dim() == 1
         x = (x[None] if single else x).to(self.device)
@@ -125,8 +182,11 @@ class MatcherModel:
 
     @torch.no_grad()
     def predict_features(self, x: torch.Tensor, nu_f0: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, 1, bins, frames]`` features -> ``[B, 5]`` nu (the encoder alone)."""
-        out = self.encoder(x.to(self.device)).float()
+        """``[B, 1, bins, frames]`` features -> ``[B, 5]`` nu (the torch encoder alone)."""
+        return self._with_f0(self.encoder(x.to(self.device)).float(), nu_f0)
+
+    def _with_f0(self, out: torch.Tensor, nu_f0: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's output with the known f0 put first (pitch-known models)."""
         if self.pitch_known:
             if nu_f0 is None:
                 raise ValueError("this model was trained with the pitch known: give nu_f0")

@@ -5,6 +5,11 @@ weights (float32, or float16 with ``--half``; eval-mode state: BatchNorm
 running statistics included), the parameter table, the feature and training
 configurations, the test metrics of ``tympan train evaluate`` when they are
 found beside the checkpoint, and the library versions. Written atomically.
+
+``tympan train export`` also writes the encoder-only ONNX graph beside it
+(``model.onnx``, see :mod:`matcher.onnx_model`; ``--no-onnx`` skips it), and
+``tympan train export-onnx MODEL.tympan`` (re)builds that graph for an
+existing artifact, e.g. the shipped default (``make default-onnx``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
+from matcher.onnx_model import export_onnx, onnx_path
 from synth.export import atomic_write
 from synth.params import PARAMS
 
@@ -25,7 +31,7 @@ from .config import TrainConfig
 from .evaluate import report_stem
 from .trainer import load_checkpoint
 
-__all__ = ["export", "export_main"]
+__all__ = ["export", "export_main", "export_onnx_main"]
 
 
 def _versions() -> dict[str, str]:
@@ -41,13 +47,15 @@ def _versions() -> dict[str, str]:
 
 
 def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
-           half: bool = False) -> Path:
+           half: bool = False, onnx: bool = False) -> Path:
     """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
 
     ``metrics``: an evaluation JSON (default: the test report of
     ``tympan train evaluate`` beside the checkpoint, if present). ``half``:
     floating-point weights stored as float16 (half the file; the matcher
-    loads them into its float32 encoder).
+    loads them into its float32 encoder). ``onnx``: also write the ONNX graph
+    beside ``out`` (needs onnx and onnxscript); without it, a graph left
+    beside ``out`` by an earlier export is removed, since it no longer matches.
     """
     from safetensors.torch import save
 
@@ -77,7 +85,12 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
     info["weights_dtype"] = "float16" if half else "float32"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
+    atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
+    if onnx:
+        export_onnx(out)
+    else:
+        onnx_path(out).unlink(missing_ok=True)
+    return out
 
 
 def export_main(argv: Sequence[str]) -> int:
@@ -90,11 +103,37 @@ def export_main(argv: Sequence[str]) -> int:
                         "'tympan train evaluate' wrote beside the checkpoint)")
     parser.add_argument("--half", action="store_true",
                         help="store the weights as float16 (half the size)")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not write the ONNX graph (model.onnx) beside the model")
     args = parser.parse_args(argv)
-    path = export(args.ckpt, args.out, args.metrics, half=args.half)
+    path = export(args.ckpt, args.out, args.metrics, half=args.half, onnx=not args.no_onnx)
     from matcher.model import MatcherModel
-    model = MatcherModel.load(path)      # prove it loads before saying so
+    model = MatcherModel.load(path)      # prove it loads (and its graph checks) before saying so
     n = sum(p.numel() for p in model.encoder.parameters())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {n:,} weights, "
           f"{'with' if model.info['test_metrics'] else 'without'} test metrics)")
+    if model.onnx is not None:
+        _say_onnx(model.onnx.path, model.onnx.info)
+    return 0
+
+
+def _say_onnx(path: Path, info: dict[str, Any]) -> None:
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; agrees with torch to "
+          f"{info['export_max_abs_nu_diff']:.1e} in nu)")
+
+
+def export_onnx_main(argv: Sequence[str]) -> int:
+    """``tympan train export-onnx MODEL.tympan [-o MODEL.onnx]``."""
+    parser = OneLineParser(prog="tympan train export-onnx", description=(
+        "(Re)build the encoder-only ONNX graph (audio -> nu) of a .tympan model; the matcher "
+        "runs it on ONNX Runtime when it lies beside the model."))
+    parser.add_argument("model", help="a .tympan model, e.g. matcher/models/default.tympan")
+    parser.add_argument("-o", "--out", help="output file (default: beside the model, .onnx)")
+    args = parser.parse_args(argv)
+    from matcher.model import MatcherModel
+    from matcher.onnx_model import OnnxEncoder
+    path = export_onnx(args.model, args.out)
+    m = MatcherModel.load(args.model, backend="torch")
+    graph = OnnxEncoder(path, args.model, m.feature_config, m.encoder.n_out)   # it must check
+    _say_onnx(path, graph.info)
     return 0
