@@ -50,7 +50,7 @@ WAVEFORM_TO_NU_MS = 25.0
 
 def _stats(v: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
-            "mean_ms": float(np.mean(v)), "n": len(v)}
+            "mean_ms": float(np.mean(v)), "min_ms": float(np.min(v)), "n": len(v)}
 
 
 def time_backends(model_path, hits: list[np.ndarray], repeats: int) -> dict:
@@ -89,12 +89,12 @@ def time_backends(model_path, hits: list[np.ndarray], repeats: int) -> dict:
 
 def print_backends(doc: dict, threads: int) -> None:
     print(f"\nwaveform -> nu per 3-second hit ({threads} threads; interleaved):")
-    print(f"{'backend':<8} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'n':>5}")
+    print(f"{'backend':<8} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'min ms':>8} {'n':>5}")
     for k in ("torch", "onnx"):
         if k in doc:
             s = doc[k]
             print(f"{k:<8} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['mean_ms']:>8.1f} "
-                  f"{s['n']:>5}")
+                  f"{s['min_ms']:>8.1f} {s['n']:>5}")
     if "onnx" in doc:
         p50 = doc["onnx"]["p50_ms"]
         print(f"torch / onnx p50: {doc['torch_over_onnx_p50']:.2f}x; max |nu| difference "
