@@ -48,20 +48,17 @@ class StopSignals:
     ----------
     requested : threading.Event
         Set by the first signal; the command polls or waits on it.
-    signum : int or None
-        The first signal received.
 
     Notes
     -----
-    Other code may install its own handlers inside the block (uvicorn does,
-    and restores these when it returns, then re-raises the signal it caught,
-    which lands here as a first request).
+    Nothing else may install SIGINT/SIGTERM handlers inside the block:
+    ``tympan serve`` runs uvicorn in a thread of its own for that reason
+    (uvicorn installs handlers only when run in the main thread).
     """
 
     def __init__(self, prog: str) -> None:
         self.prog = prog
         self.requested = threading.Event()
-        self.signum: int | None = None
         self._count = 0
         self._count_lock = threading.Lock()
         self._old: dict[int, Any] = {}
@@ -117,16 +114,11 @@ class StopSignals:
             self._count += 1
             first = self._count == 1
         if first:
-            self.signum = signum
             self.requested.set()
             return
         name = signal.Signals(signum).name
         os.write(2, f"\n{self.prog}: second {name} while stopping: forced exit\n".encode())
         os._exit(FORCED_EXIT)
-
-    def request(self) -> None:
-        """Ask for a stop from code (as a first signal would)."""
-        self.requested.set()
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a stop request; whether one came."""
