@@ -137,22 +137,27 @@ def write_json(path: Path, doc: dict) -> None:
 
 NN_INDEX = ROOT / "benchmarks" / "results" / "nn-train-2000.npz"
 # Stages of MatchResult.timings_ms that make a match; "distances" and "setup" do not.
-MATCH_STAGES = ("load", "encode", "search", "choose", "refine", "render")
+MATCH_STAGES = ("load", "encode", "search", "rerank", "refine", "render")
 
 
 def match_methods(budget_ms: float) -> dict[str, dict | None]:
     """The methods evaluated: name -> keyword arguments of ``Matcher.match_hit``
-    (None: uniform random nu, the floor). ``+refine``: Adam on the MSS distance
-    for ``budget_ms`` (``tympan match --refine``)."""
+    (None: uniform random nu, the floor). ``budget_ms`` is the whole match's
+    (``tympan match --budget-ms``): ``search`` sizes its re-ranking to it, and
+    ``+refine`` (Adam on the MSS distance, ``--refine``) takes what is left."""
     refine = {"refine": "adam", "refine_loss": "mss", "budget_ms": budget_ms}
     return {"random": None, "nn": {"method": "nn"}, "encoder": {"method": "encoder"},
             "encoder+refine": {"method": "encoder", **refine}, "hybrid": {"method": "hybrid"},
-            "hybrid+refine": {"method": "hybrid", **refine}}
+            "hybrid+refine": {"method": "hybrid", **refine},
+            "search": {"method": "search", "budget_ms": budget_ms}}
 
 
 def add_matcher_args(ap, quick_help: str) -> None:
     """The options every match evaluation takes (model, NN index, budget, threads, ...)."""
-    ap.add_argument("--budget-ms", type=float, default=1000.0, help="refinement budget per hit")
+    ap.add_argument("--budget-ms", type=float, default=2000.0,
+                    help="whole-match budget per hit, ms (2000: tympan match's default)")
+    ap.add_argument("--methods", default=None, metavar="A,B",
+                    help="only these methods (comma-separated; nn is always run: the baseline)")
     ap.add_argument("--model", help="matcher artifact (default: the shipped model)")
     ap.add_argument("--nn-index", type=Path, default=NN_INDEX)
     ap.add_argument("--nn-size", type=int, default=2000,

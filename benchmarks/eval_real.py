@@ -157,6 +157,12 @@ def main() -> None:
     files = set_files(args.limit)          # before the NN index is built: fail early
     matcher, load_s = load_matcher(args)
     methods, same, default = methods_with_default(args.budget_ms, args.nn_index)
+    if args.methods:
+        keep = {BASELINE, *args.methods.split(","), *([] if same is None else [same])}
+        unknown = keep - set(methods) - {"default"}
+        if unknown:
+            raise SystemExit(f"--methods: unknown {sorted(unknown)}; allowed {', '.join(methods)}")
+        methods = {k: v for k, v in methods.items() if k in keep or k == "default"}
     sets = load_sets(matcher.audio_config, files)
     names = list(methods) + ([] if same is None else ["default"])
     extra = {"auraloss": auraloss_distance}
@@ -185,7 +191,7 @@ def main() -> None:
     box_plots(per_set, names, DISTANCES, args.json.with_suffix(".png"))
 
     print(f"\nmodel {matcher.path.name}, loaded in {load_s:.1f} s; NN index of {len(matcher.nn)} "
-          f"sounds; refinement budget {args.budget_ms:g} ms; CPU, {args.threads} threads; "
+          f"sounds; budget {args.budget_ms:g} ms per match; CPU, {args.threads} threads; "
           f"default = {same or default}")
     print(f"distances: median and mean; won vs {BASELINE}: files with a smaller JTFS / MSS / "
           "auraloss distance than the nearest neighbour's; ms: wall time per file, model load "

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = ["OneLineParser", "main"]
 
+# Mirrors of matcher.match.Method and its defaults, so that parsing needs no torch;
+# tests/test_match.py checks that they agree.
+METHODS = ("search", "encoder", "nn", "hybrid")
+DEFAULT_METHOD = "search"
+DEFAULT_BUDGET_MS = 2000.0
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line on stderr and exit code 2
@@ -58,19 +64,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--determine", action="store_true",
                    help="also report how well the sound determines each parameter "
                         "(sensitivity, identifiability; seconds on a CPU)")
-    p.add_argument("--method", choices=("encoder", "nn", "hybrid"), default="encoder",
-                   help="encoder (default); nn: the nearest sound of --nn-index (a baseline); "
-                        "hybrid: whichever of the two is closer in JTFS distance")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="search (default): the encoder's estimate, the nearest sounds of the "
+                        "shipped dense index, a local step and a pitch candidate, re-ranked by "
+                        "JTFS distance; encoder: the encoder alone (fastest); nn: the nearest "
+                        "sound of --nn-index (a baseline); hybrid: the closer of encoder and nn")
+    p.add_argument("--index", metavar="FILE", default=None,
+                   help="dense sound index for --method search (default: the shipped one; "
+                        "'tympan train sound-index' builds one)")
     p.add_argument("--nn-index", metavar="FILE", default=None,
                    help="nearest-neighbour index for --method nn/hybrid "
                         "('tympan train nn-index')")
     p.add_argument("--refine", nargs="?", const="adam", choices=("adam", "lm"), default=None,
-                   help="refine the encoder's estimate through the synthesizer: adam (on "
-                        "--refine-loss; the default) or lm (Levenberg-Marquardt on the JTFS)")
+                   help="refine the best candidate through the synthesizer with what the budget "
+                        "leaves: adam (on --refine-loss; the default) or lm "
+                        "(Levenberg-Marquardt on the JTFS)")
     p.add_argument("--refine-loss", choices=("mss", "jtfs"), default="mss",
                    help="distance descended by adam (mss)")
-    p.add_argument("--budget-ms", type=float, default=1000.0, metavar="MS",
-                   help="time allowed to refinement, ms (1000)")
+    p.add_argument("--budget-ms", type=float, default=DEFAULT_BUDGET_MS, metavar="MS",
+                   help=f"time allowed to the whole match, ms ({DEFAULT_BUDGET_MS:g}): "
+                        "search, re-ranking, refinement and scoring (loading apart)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     return p
@@ -102,7 +115,7 @@ def main(argv: Sequence[str] | None = None,
     from .match import Matcher
 
     options = _refine_options(args)
-    matcher = Matcher(args.model, args.device, args.nn_index)
+    matcher = Matcher(args.model, args.device, args.nn_index, args.index)
     result = matcher.match_file(args.file, onset=args.onset, determine=args.determine,
                                 f0_hz=args.f0, **options)
     extra = on_result(result) if on_result is not None else None
@@ -142,6 +155,8 @@ def _refine_options(args: argparse.Namespace) -> dict:
     if args.method in ("nn", "hybrid") and args.nn_index is None:
         raise ValueError(f"--method {args.method} needs --nn-index FILE (build one with "
                          "'tympan train nn-index --out FILE')")
+    if args.index is not None and args.method != "search":
+        raise ValueError(f"--index is the index of --method search, not of {args.method}")
     return {"refine": args.refine, "refine_loss": args.refine_loss, "budget_ms": args.budget_ms,
             "method": args.method}
 
@@ -171,7 +186,7 @@ def _match_folder(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = Path(args.summary or f"tympan-match-{folder.resolve().name}.json")
     options = _refine_options(args)
-    matcher = Matcher(args.model, args.device, args.nn_index)
+    matcher = Matcher(args.model, args.device, args.nn_index, args.index)
     results, failed = [], []
     for path in tqdm(files, unit="file", desc="match", file=sys.stderr, dynamic_ncols=True):
         try:

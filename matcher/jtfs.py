@@ -45,6 +45,8 @@ from kymatio.scattering1d.filter_bank import (compute_params_filterbank,
                                               compute_temporal_support, gauss_1d,
                                               get_max_dyadic_subsampling, morlet_1d)
 
+from .memory import keep_freed_memory
+
 __all__ = ["JTFS", "JTFSConfig"]
 
 SIGMA0, ALPHA, R_PSI = 0.1, 5.0, math.sqrt(0.5)   # kymatio's filter-bank constants
@@ -306,6 +308,7 @@ class JTFS(torch.nn.Module):
 
     def __init__(self, config: JTFSConfig | None = None) -> None:
         super().__init__()
+        keep_freed_memory()      # its buffers are reused, not mmapped afresh per pass
         cfg = config or JTFSConfig()
         self.config = cfg
         self.n_pad, self.pad_left, self.pad_right = _padding(cfg)

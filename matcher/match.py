@@ -41,6 +41,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,11 +55,64 @@ from .audio import AudioConfig, Hit, load_hit
 from .distances import jtfs_distance, multiscale_spectral_distance
 from .jtfs import JTFS, JTFSConfig
 from .metric import metric
-from .refine import refine as refine_nu
 from .model import DEFAULT_MODEL, MatcherModel
-from .nn import NNIndex
+from .pitch import estimate_f0
+from .refine import refine as refine_nu
+from .search import (Candidate, Source, choose, dedupe, local_step, nu_of_f0,
+                     pitch_candidates, rerank)
+from .sound_index import SoundIndex, index_beside
 
-__all__ = ["MatchResult", "Matcher", "determination", "metric"]
+__all__ = ["DEFAULT_BUDGET_MS", "DEFAULT_METHOD", "Estimate", "MatchResult", "Matcher",
+           "Method", "determination", "metric"]
+
+
+class Method(str, Enum):
+    """How the estimate is found (``tympan match --method``)."""
+
+    SEARCH = "search"      # encoder + dense index + local step + pitch, re-ranked by JTFS
+    ENCODER = "encoder"    # the encoder alone (milliseconds)
+    NN = "nn"              # the baseline: the nearest sound of an exact index
+    HYBRID = "hybrid"      # the closer of encoder and nn
+
+
+DEFAULT_METHOD = Method.SEARCH.value
+DEFAULT_BUDGET_MS = 2000.0
+# An out-of-tune candidate beats the best in-tune one only if this much closer (JTFS).
+PITCH_MARGIN = 0.4
+# Kept back from re-ranking and refinement for the final render and MSS distance.
+_SCORE_RESERVE_S = 0.06
+
+
+class _PhiCost:
+    """Seconds per sound of a JTFS forward, learnt from the passes this process ran:
+    sizes the re-ranking to the budget. Batches are cheaper per sound than one sound."""
+
+    def __init__(self) -> None:
+        self.single = 0.3          # a guess until measured (2-core CPU, 2**16 samples)
+        self.batched: float | None = None
+
+    def note(self, seconds: float, batch: int) -> None:
+        per = seconds / max(batch, 1)
+        if batch == 1:
+            self.single = 0.5 * (self.single + per) if self.single else per
+        else:
+            self.batched = per if self.batched is None else 0.5 * (self.batched + per)
+
+    def per_sound(self, batch: int) -> float:
+        return max(1e-3, self.single if batch == 1 or self.batched is None else self.batched)
+
+
+@dataclass
+class Estimate:
+    """What :meth:`Matcher.estimate` found: the best candidate, all proposed, those
+    re-ranked (best first, with JTFS distances), the target's Phi ``[1, P]`` (None
+    for the encoder alone) and the spectrum's f0 in Hz (search only; None if none)."""
+
+    best: Candidate
+    candidates: list[Candidate]
+    ranked: list[Candidate]
+    target_phi: torch.Tensor | None
+    f0_spectrum: float | None
 
 _UNITS = {spec.name: spec.unit for spec in PARAMS}
 
@@ -102,8 +156,14 @@ class MatchResult:
         estimate (``start``) and after (``best``), iterations, time, and
         which estimate it started from (``started_from``).
     estimate : str
-        Where the parameters came from: ``encoder`` or ``nn`` (with
-        ``method="hybrid"``, the closer of the two).
+        Which candidate won (:class:`matcher.search.Source`): ``encoder``,
+        ``nn``, ``index``, ``local``, ``pitch`` or ``encoder+pitch``.
+    method : str
+        The method that found it (:class:`Method`).
+    search : dict or None
+        With several candidates: ``candidates`` (those re-ranked, best first:
+        source, JTFS distance, nu) and ``f0_spectrum_hz`` (the spectrum's
+        fundamental, or None).
     """
 
     source: str
@@ -118,6 +178,8 @@ class MatchResult:
     truncated: bool = False
     refinement: dict[str, Any] | None = None
     estimate: str = "encoder"
+    method: str = "encoder"
+    search: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict (plain floats, strings, lists, dicts)."""
@@ -144,7 +206,13 @@ class MatchResult:
                          "others fixed / others compensating")
         if self.truncated:
             lines.append("note: the hit is longer than the model's window; its tail was cut")
-        if self.estimate != "encoder":
+        if self.search is not None:
+            c = self.search["candidates"]
+            f0s = self.search.get("f0_spectrum_hz")
+            each = ", ".join(f"{x['source']} {x['jtfs']:.3g}" for x in c)
+            lines.append(f"estimate: {self.estimate}, the best of {len(c)} candidates by JTFS "
+                         f"distance ({each})" + (f"; spectrum f0 {f0s:.1f} Hz" if f0s else ""))
+        elif self.estimate != "encoder":
             lines.append(f"estimate: {self.estimate} (the nearest-neighbour index's sound)")
         if self.refinement is not None:
             r = self.refinement
@@ -234,7 +302,7 @@ class Matcher:
     """
 
     def __init__(self, model: str | Path | None = None, device: str | None = None,
-                 nn_index: str | Path | None = None) -> None:
+                 nn_index: str | Path | None = None, index: str | Path | None = None) -> None:
         self.device = _device(device)
         path = Path(DEFAULT_MODEL if model is None else model)
         if model is None and not path.is_file():
@@ -255,10 +323,38 @@ class Matcher:
                              f"reference JTFS ({err})") from None
         self._jtfs: JTFS | None = None
         self._warm: set[tuple[str, str]] = set()   # refinement paths already run once
-        self.nn: NNIndex | None = None
+        self._ready: set[Method] = set()            # methods whose parts are built
+        self._phi_cost = _PhiCost()
+        self._f0_spectrum: float | None = None
+        self.nn: SoundIndex | None = None
         if nn_index is not None:          # the baseline: checked against this model's JTFS now
-            self.nn = NNIndex.load(nn_index)
+            self.nn = SoundIndex.load(nn_index)
             self.nn.check(self.jtfs_config)
+        self.index_path = index_beside(path) if index is None else Path(index)
+        self._index: SoundIndex | None = None
+        if index is not None:             # given: checked now; the model's own on first search
+            _ = self.index
+
+    @property
+    def index(self) -> SoundIndex:
+        """The dense sound index of ``method="search"`` (loaded and checked on first use).
+
+        Raises
+        ------
+        ValueError
+            Missing, corrupt, or built for another length or rate.
+        """
+        if self._index is None:
+            if not self.index_path.is_file():
+                fc = self.model.feature_config
+                raise ValueError(f"no sound index for model {self.path.name} at "
+                                 f"{self.index_path}: build it with 'tympan train sound-index "
+                                 f"--out {self.index_path} --n-samples {fc.n_samples} --sr "
+                                 f"{fc.sr:g}', or match with --method encoder")
+            index = SoundIndex.load(self.index_path)
+            index.check(self.jtfs_config)
+            self._index = index
+        return self._index
 
     @property
     def jtfs(self) -> JTFS:
@@ -295,9 +391,9 @@ class Matcher:
 
     def match_hit(self, hit: Hit, determine: bool = False, f0_hz: float | None = None,
                   refine: str | None = None, refine_loss: str = "mss",
-                  budget_ms: float = 1000.0, method: str = "encoder",
+                  budget_ms: float = DEFAULT_BUDGET_MS, method: str = DEFAULT_METHOD,
                   score: bool = True) -> MatchResult:
-        """Match a prepared hit.
+        """Match a prepared hit: estimate, then refine, then score.
 
         Parameters
         ----------
@@ -307,31 +403,38 @@ class Matcher:
             Also compute :attr:`MatchResult.determination` (seconds on a CPU).
         f0_hz : float, optional
             The hit's fundamental, Hz, in ``[40, 1000]``. Required by a
-            pitch-known model (its encoder takes f0 as given); for a model
-            that estimates f0, it replaces the estimate.
+            pitch-known model (its encoder takes f0 as given); otherwise every
+            candidate gets this f0.
         refine : {None, "adam", "lm"}
-            Test-time refinement of the encoder's estimate (:mod:`matcher.refine`);
-            with ``f0_hz`` given, f0 is set back to it afterwards.
+            Test-time refinement of the best candidate (:mod:`matcher.refine`)
+            with what the budget leaves; with ``f0_hz`` given, f0 is set back
+            to it afterwards.
         refine_loss : {"mss", "jtfs"}
             The distance ``adam`` descends (``lm`` uses the JTFS residual).
         budget_ms : float
-            Time allowed to refinement, ms.
-        method : {"encoder", "nn", "hybrid"}
-            The estimate: the encoder; the nearest point of the
-            nearest-neighbour index given to the constructor (the baseline);
-            or whichever of those two renders closer to the hit in JTFS
-            distance (:attr:`MatchResult.estimate` says which; refinement
-            starts from it).
+            Time allowed to the whole match, ms: estimate, re-ranking,
+            refinement and scoring (file loading and first-use setup apart).
+            ``search`` sizes its re-ranking to it; refinement gets what is
+            left. A budget too small for three candidates is overrun by that much.
+        method : {"search", "encoder", "nn", "hybrid"}
+            The estimate (:class:`Method`): ``search`` (the default) re-ranks
+            the encoder's estimate, dense-index sounds, a local step and a
+            pitch candidate by JTFS distance; ``encoder`` alone; ``nn`` the
+            nearest sound of the baseline index given to the constructor;
+            ``hybrid`` the closer of encoder and nn.
+            :attr:`MatchResult.estimate` says which candidate won.
         score : bool
-            Render the match and compute its distances to the target (~1 s on
-            a CPU). False leaves both distances NaN: the parameters come back
-            at once, and :meth:`score` fills them in later.
+            Also compute the distances of the match to the target. False
+            leaves the MSS distance NaN (and the JTFS distance too unless the
+            estimate already measured it): the parameters come back sooner,
+            and :meth:`distances` fills them in later.
 
         Raises
         ------
         ValueError
             A pitch-known model without ``f0_hz``; ``f0_hz`` out of range; a
-            hit of another length.
+            hit of another length; an unknown method; a method whose index is
+            missing.
         """
         n = self.audio_config.n_samples
         audio = np.asarray(hit.audio)
@@ -339,82 +442,198 @@ class Matcher:
             raise ValueError(f"{hit.source}: hit of shape {audio.shape}; this model needs "
                              f"[{n}] samples at {self.audio_config.sr:g} Hz (prepare it with "
                              "Matcher.audio_config)")
-        f0 = nu_f0 = None
+        try:
+            method = Method(method)
+        except ValueError:
+            raise ValueError(f"match method {method!r}: allowed "
+                             f"{', '.join(m.value for m in Method)}") from None
+        if not budget_ms > 0:
+            raise ValueError(f"match budget {budget_ms!r} ms: allowed a positive number of ms")
+        f0 = None
         if f0_hz is not None:
             f0 = check_value("f0", f0_hz, " (f0_hz, the hit's known fundamental)")
-            nu_f0 = float(theta_to_nu(np.array([f0, 0.3, 1e-3, 1e-3, 0.5]))[0])
         elif self.model.pitch_known:
             raise ValueError(f"model {self.path} was trained with the pitch known: give the "
                              "hit's fundamental in Hz (f0_hz=..., or --f0 HZ)")
+        if method in (Method.NN, Method.HYBRID) and self.nn is None:
+            raise ValueError(f"method {method.value!r} needs a nearest-neighbour index "
+                             "(--nn-index FILE; 'tympan train nn-index' builds one)")
         t: dict[str, float] = {}
-        if self.model._features is None or self._jtfs is None:  # first use: timed apart
-            with self._timer(t, "setup"):
-                _ = self.model.features, self.jtfs                # CQT kernels, JTFS filters
+        if method not in self._ready:
+            with self._timer(t, "setup"):              # first use only: timed apart
+                self._setup(method)
+            self._ready.add(method)
+        deadline = time.perf_counter() + budget_ms / 1e3
         target = torch.tensor(audio, dtype=torch.float32, device=self.device)[None]  # a copy:
         # hit.audio is read-only, which torch.as_tensor warns about
-        if method not in ("encoder", "nn", "hybrid"):
-            raise ValueError(f"match method {method!r}: allowed encoder, nn, hybrid")
-        if method != "encoder" and self.nn is None:
-            raise ValueError(f"method {method!r} needs a nearest-neighbour index (--nn-index "
-                             "FILE; 'tympan train nn-index' builds one)")
-        chosen = method
-        if method in ("encoder", "hybrid"):
-            with self._timer(t, "encode"):
-                known = None if nu_f0 is None else torch.tensor([nu_f0], device=self.device)
-                raw = self.model.predict_nu(target, known if self.model.pitch_known else None)
-                raw = raw[0].double().cpu().numpy()
-            chosen = "encoder"
-        if method in ("nn", "hybrid"):
-            with self._timer(t, "search"), torch.no_grad():
-                target_phi = self.jtfs.phi(target)
-                raw_nn = self.nn.query(target_phi)[0][0]
-            if method == "nn":
-                raw, chosen = raw_nn, "nn"
-            else:
-                # Both candidates rendered in one batch; the closer in JTFS distance wins.
-                with self._timer(t, "choose"), torch.no_grad():
-                    nus = np.stack([_settle(c)[1] for c in (raw, raw_nn)])
-                    nu_t = torch.as_tensor(nus, dtype=torch.float64, device=self.device)
-                    audio = self.twin.from_nu(nu_t).to(torch.float32)
-                    d = torch.linalg.vector_norm(self.jtfs.phi(audio) - target_phi, dim=-1)
-                if float(d[1]) < float(d[0]):
-                    raw, chosen = raw_nn, "nn"
-        theta, nu = _settle(raw, f0)
+        found = self.estimate(target, method, f0, deadline, t)
+        best = found.best
+        theta, nu = _settle(best.nu, f0)
         refined = None
         if refine is not None:
-            phi = self.jtfs.phi if (refine == "lm" or refine_loss == "jtfs") else None
-            if (refine, refine_loss) not in self._warm:
-                # The first backward pass through the twin builds autograd's and the
-                # allocator's caches (~1 s on a CPU): pay it here, timed as setup,
-                # so the first hit's budget buys as many steps as the next ones'.
-                with self._timer(t, "setup"):
-                    refine_nu(nu, target[0], self.twin, method=refine, loss=refine_loss,
-                              budget_ms=60_000.0, phi=phi, max_iter=1)
-                self._warm.add((refine, refine_loss))
-            with self._timer(t, "refine"):
-                r = refine_nu(nu, target[0], self.twin, method=refine, loss=refine_loss,
-                              budget_ms=budget_ms, phi=phi)
-            theta, nu = _settle(r.nu, f0)
+            # Scoring after refinement measures JTFS again unless the refinement did.
+            phi_passes = 0 if not score else (2 if found.target_phi is None else 1)
+            reserve = _SCORE_RESERVE_S + phi_passes * self._phi_cost.per_sound(1)
+            r = self.refine(nu, target, refine, refine_loss, deadline, t, reserve)
+            if r.best < r.start:
+                theta, nu = _settle(r.nu, f0)
+                if found.target_phi is not None and (r.method == "lm" or r.loss == "jtfs") \
+                        and f0 is None:
+                    best = Candidate(nu, best.source, r.best)   # its JTFS distance is known
+                else:
+                    best = Candidate(nu, best.source)
             refined = {"method": r.method, "loss": r.loss, "start": r.start, "best": r.best,
                        "iterations": r.iterations, "elapsed_ms": r.elapsed_ms,
-                       "started_from": chosen}
-        d_jtfs = d_mss = math.nan
+                       "started_from": best.source.value}
+        d_jtfs = best.jtfs if np.allclose(best.nu, nu) else math.nan
+        d_mss = math.nan
         if score:
-            with self._timer(t, "render"):
-                est = self._render(nu)
-            with self._timer(t, "distances"):
-                d_jtfs, d_mss = self.distances(est[0], target[0])
+            d_jtfs, d_mss = self.score(nu, target, t, d_jtfs, found.target_phi)
         det = None
         if determine:
             with self._timer(t, "metric"):
                 nu_t = torch.as_tensor(nu, dtype=torch.float32, device=self.device)[None]
                 det = determination(metric(nu_t, self.twin, self.jtfs.phi)[0][0].cpu().numpy())
         t["total"] = sum(t.values())
+        search = None
+        if found.ranked:
+            search = {"candidates": [{"source": c.source.value, "jtfs": c.jtfs,
+                                      "nu": [float(v) for v in c.nu]} for c in found.ranked],
+                      "f0_spectrum_hz": found.f0_spectrum}
         return MatchResult(
             source=hit.source, theta=dict(zip(NAMES, map(float, theta))), units=dict(_UNITS),
             nu=[float(v) for v in nu], jtfs_distance=d_jtfs, mss_distance=d_mss,
             determination=det, timings_ms=t, onset_seconds=float(hit.onset_seconds),
-            truncated=bool(hit.truncated), refinement=refined, estimate=chosen)
+            truncated=bool(hit.truncated), refinement=refined, estimate=best.source.value,
+            method=method.value, search=search)
+
+    # ------------------------------------------------------------------ steps
+    def _setup(self, method: "Method") -> None:
+        """Build what the method needs on first use: CQT kernels, JTFS filters, the index."""
+        _ = self.model.features
+        if method is not Method.ENCODER or self._jtfs is None:
+            _ = self.jtfs
+        if method is Method.SEARCH:
+            _ = self.index
+
+    def estimate(self, target: torch.Tensor, method: "Method", f0: float | None,
+                 deadline: float, t: dict[str, float]) -> "Estimate":
+        """The candidates of a method, re-ranked by JTFS distance where there are several.
+
+        Parameters
+        ----------
+        target : torch.Tensor ``[1, N]``
+        method : Method
+        f0 : float or None
+            A known fundamental, Hz: every candidate is moved to it.
+        deadline : float
+            ``time.perf_counter()`` value by which the whole match should end.
+        t : dict
+            Stage timings, ms (added to).
+        """
+        nu_f0 = None if f0 is None else nu_of_f0(f0)
+        cands: list[Candidate] = []
+        target_phi = None
+        f0_spec = None
+        if method in (Method.ENCODER, Method.HYBRID, Method.SEARCH):
+            with self._timer(t, "encode"):
+                known = None if nu_f0 is None else torch.tensor([nu_f0], device=self.device)
+                raw = self.model.predict_nu(target, known if self.model.pitch_known else None)
+            cands.append(Candidate(_settle(raw[0].double().cpu().numpy(), f0)[1],
+                                   Source.ENCODER))
+        if method is Method.ENCODER:
+            return Estimate(cands[0], cands, [], None, None)
+        with self._timer(t, "search"), torch.no_grad():
+            t_phi = time.perf_counter()
+            target_phi = self.jtfs.phi(target)
+            self._phi_cost.note(time.perf_counter() - t_phi, 1)
+            if method in (Method.NN, Method.HYBRID):
+                cands.append(Candidate(_settle(self.nn.query(target_phi)[0][0, 0], f0)[1],
+                                       Source.NN))
+            else:
+                cands = self._search_candidates(target, target_phi, cands[0], f0)
+                f0_spec = self._f0_spectrum
+        if method is Method.NN:
+            return Estimate(cands[0], cands, [], target_phi, None)
+        # Re-rank as many as the budget allows, most promising first; at least the
+        # first three (index, encoder, pitch), whatever the budget.
+        left = deadline - time.perf_counter() - _SCORE_RESERVE_S
+        k = min(len(cands), max(3, int(left / self._phi_cost.per_sound(len(cands)))))
+        with self._timer(t, "rerank"):
+            t_r = time.perf_counter()
+            ranked = rerank(cands[:k], target_phi, self._render_batch, self.jtfs.phi)
+            self._phi_cost.note(time.perf_counter() - t_r, k)
+        best = ranked[0] if method is Method.HYBRID else choose(ranked, f0_spec, PITCH_MARGIN)
+        return Estimate(best, cands, ranked, target_phi, f0_spec)
+
+    def _search_candidates(self, target: torch.Tensor, target_phi: torch.Tensor,
+                           encoder: Candidate, f0: float | None) -> list[Candidate]:
+        """The search's candidates, most promising first (re-ranking keeps a prefix):
+        the index's nearest, the encoder's estimate (best on sounds the model can
+        make), the nearest in tune with the spectrum's f0, the local step, then
+        more of each."""
+        index = self.index
+        near, _ = index.query(target_phi, k=3)
+        settle = lambda nu: _settle(nu, f0)[1]              # noqa: E731
+        pitch_hz = f0
+        self._f0_spectrum = None
+        if pitch_hz is None:
+            pitch_hz = self._f0_spectrum = estimate_f0(target[0].cpu().numpy(),
+                                                       self.audio_config.sr)
+        tuned = ([] if pitch_hz is None else
+                 [Candidate(v, Source.PITCH) for v in pitch_candidates(index, target_phi, pitch_hz)])
+        step = local_step(index, target_phi)
+        local = [] if step is None else [Candidate(settle(step), Source.LOCAL)]
+        cands = [Candidate(settle(near[0, 0]), Source.INDEX), encoder] + tuned[:1] + local
+        cands += tuned[1:]
+        if f0 is None and pitch_hz is not None:
+            moved = encoder.nu.copy()
+            moved[0] = nu_of_f0(pitch_hz)
+            cands.append(Candidate(moved, Source.ENCODER_PITCH))
+        cands += [Candidate(settle(v), Source.INDEX) for v in near[0, 1:]]
+        return dedupe(cands)
+
+    def refine(self, nu: np.ndarray, target: torch.Tensor, method: str, loss: str,
+               deadline: float, t: dict[str, float], reserve_s: float = _SCORE_RESERVE_S):
+        """Refine ``nu [5]`` until ``deadline`` less ``reserve_s`` (scoring's share).
+
+        Returns a :class:`matcher.refine.RefineResult`; with no time left it
+        evaluates the start only (0 iterations).
+        """
+        phi = self.jtfs.phi if (method == "lm" or loss == "jtfs") else None
+        if (method, loss) not in self._warm:
+            # The first backward pass through the twin builds autograd's and the
+            # allocator's caches (~1 s on a CPU): pay it here, timed as setup and
+            # outside the budget, so the first hit buys as many steps as the next.
+            t0 = time.perf_counter()
+            with self._timer(t, "setup"):
+                refine_nu(nu, target[0], self.twin, method=method, loss=loss,
+                          budget_ms=60_000.0, phi=phi, max_iter=1)
+            self._warm.add((method, loss))
+            deadline += time.perf_counter() - t0
+        left_ms = 1e3 * (deadline - time.perf_counter() - reserve_s)
+        with self._timer(t, "refine"):
+            return refine_nu(nu, target[0], self.twin, method=method, loss=loss,
+                             budget_ms=max(left_ms, 1.0), phi=phi,
+                             max_iter=500 if left_ms > 0 else 0)
+
+    def score(self, nu: np.ndarray, target: torch.Tensor, t: dict[str, float],
+              jtfs: float = math.nan, target_phi: torch.Tensor | None = None
+              ) -> tuple[float, float]:
+        """``(JTFS, MSS)`` distances of ``nu``'s render to the target; a JTFS distance
+        already measured (``jtfs``) is not measured again."""
+        with self._timer(t, "render"):
+            est = self._render(nu)
+        with self._timer(t, "distances"):
+            if math.isnan(jtfs):
+                if target_phi is None:
+                    jtfs, mss = self.distances(est[0], target[0])
+                    return jtfs, mss
+                with torch.no_grad():
+                    jtfs = float(torch.linalg.vector_norm(self.jtfs.phi(est) - target_phi))
+            with torch.no_grad():
+                mss = float(multiscale_spectral_distance(est, target, reduction="none")[0])
+        return jtfs, mss
 
     def render(self, result: MatchResult) -> np.ndarray:
         """Model-side audio of a match: float32 ``[n_samples]`` at ``audio_config.sr`` Hz, peak 1."""
@@ -443,6 +662,11 @@ class Matcher:
         d_jtfs = jtfs_distance(x, y, self.jtfs.phi)
         d_mss = multiscale_spectral_distance(x, y, reduction="none")
         return float(d_jtfs), float(d_mss)
+
+    @torch.no_grad()
+    def _render_batch(self, nu: torch.Tensor) -> torch.Tensor:
+        """``nu [B, 5]`` float64 on the device -> float32 ``[B, n_samples]`` (peak 1)."""
+        return self.twin.from_nu(nu).to(torch.float32)
 
     @torch.no_grad()
     def _render(self, nu: np.ndarray) -> torch.Tensor:

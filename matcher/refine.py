@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 import numpy as np
@@ -30,10 +31,25 @@ from synth.twin import MembraneTwin, clamp_nu
 
 from .distances import multiscale_spectral_distance
 
-__all__ = ["METHODS", "LOSSES", "RefineResult", "refine"]
+__all__ = ["METHODS", "LOSSES", "Loss", "RefineMethod", "RefineResult", "refine"]
 
-METHODS = ("adam", "lm")
-LOSSES = ("mss", "jtfs")
+
+class RefineMethod(str, Enum):
+    """How :func:`refine` descends."""
+
+    ADAM = "adam"
+    LM = "lm"
+
+
+class Loss(str, Enum):
+    """The distance ``adam`` descends (``lm`` always uses the JTFS residual)."""
+
+    MSS = "mss"
+    JTFS = "jtfs"
+
+
+METHODS = tuple(m.value for m in RefineMethod)
+LOSSES = tuple(m.value for m in Loss)
 
 
 @dataclass
@@ -89,6 +105,7 @@ def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method:
         raise ValueError(f"refine method {method!r}: allowed {', '.join(METHODS)}")
     if loss not in LOSSES:
         raise ValueError(f"refine loss {loss!r}: allowed {', '.join(LOSSES)}")
+    method, loss = RefineMethod(method).value, Loss(loss).value
     if not budget_ms > 0:
         raise ValueError(f"refine budget {budget_ms!r} ms: allowed a positive number of ms")
     if (method == "lm" or loss == "jtfs") and phi is None:

@@ -84,6 +84,8 @@ class MatchOut(BaseModel):
     nu: list[float]
     units: dict[str, str]
     timings_ms: dict[str, float]
+    stage: Literal["fast", "refined"] = Field(
+        description="fast: the encoder's estimate; the default match's follows as 'refined'")
 
 
 class SampleOut(BaseModel):
@@ -112,6 +114,10 @@ class MatchState(BaseModel):
     theta: FullParams | None = None
     jtfs_distance: float | None = None
     mss_distance: float | None = None
+    stage: Literal["fast", "refined"] | None = Field(
+        None, description="which stage's parameters are on the pad")
+    fast_theta: FullParams | None = Field(None, description="the fast stage's, once refined")
+    estimate: str | None = Field(None, description="the refined stage's winning candidate")
     preview: Preview | None = None
 
 
@@ -276,12 +282,19 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
                          422: {"description": "unreadable, silent or too short"},
                          503: {"description": "the matcher is not available"}})
     async def sample(note: int = Note, file: UploadFile = File(...),
-                     refine: bool = Query(False, description="refine the encoder's estimate"),
-                     budget_ms: float = Query(1000.0, ge=10.0, le=30000.0)) -> dict[str, Any]:
-        """Match an uploaded hit and put the result on the pad.
+                     method: Literal["search", "encoder"] = Query(
+                         "search", description="the second stage: search (the default match "
+                                               "of 'tympan match') or none (encoder)"),
+                     refine: bool = Query(False, description="also refine the best candidate"),
+                     budget_ms: float = Query(2000.0, ge=10.0, le=30000.0,
+                                              description="time of the second stage, ms")
+                     ) -> dict[str, Any]:
+        """Match an uploaded hit and put the result on the pad, in two stages.
 
-        Answers as soon as the parameters are known; the distances and the
-        pictures follow (``GET /api/pads/{note}/match``, WebSocket ``match``).
+        Answers as soon as the encoder's estimate is on the pad (stage
+        ``fast``, milliseconds). The default match (``search``) then replaces
+        it (stage ``refined``: WebSocket ``match`` event, ``GET
+        /api/pads/{note}/match``), and the distances and pictures follow.
         """
         note = session.pad(note).note       # a tracked pad answers several notes
         head = await file.read(64)
@@ -297,12 +310,13 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
             while chunk := await file.read(1 << 20):
                 out.write(chunk)
         source = Path(file.filename or f"upload.{kind}").name
-        options = {"refine": "adam", "budget_ms": budget_ms} if refine else {}
+        options = {"method": method, "budget_ms": budget_ms, "refine": "adam" if refine else None}
         loop = asyncio.get_running_loop()
 
         def on_event(stage: str, payload: dict[str, Any]) -> None:
             hub.publish({"type": "match", "note": note, "job": payload["job"], "stage": stage,
-                         "message": payload.get("message"), "ahead": payload.get("ahead")})
+                         "message": payload.get("message"), "ahead": payload.get("ahead"),
+                         "estimate": payload.get("estimate")})
 
         try:
             job = worker.submit(path, options, on_event=on_event)
@@ -320,8 +334,20 @@ def create_app(session: Session, worker: MatchWorker | None, port: int,
             raise HTTPException(err.status, str(err).replace(path, source))
         pad = await asyncio.to_thread(session.apply_match, note, job.job_id, generation,
                                       source, found["theta"])
+        # Only now: the refined stage must land after the fast one.
+        job.refined.add_done_callback(
+            lambda fut: _post(loop, _refined, note, job.job_id, generation, fut))
         return {"pad": pad, "match": {"job": job.job_id, "source": source, **{
-            k: found[k] for k in ("theta", "nu", "units", "timings_ms")}}}
+            k: found[k] for k in ("theta", "nu", "units", "timings_ms", "stage")}}}
+
+    def _refined(note: int, job_id: int, generation: int, fut) -> None:
+        if fut.exception() is not None or fut.result() is None:
+            return                              # the error reaches _scored as well
+        found = fut.result()
+        try:
+            session.refine_match(note, job_id, generation, found["theta"], found["estimate"])
+        except SessionError:
+            pass                                # a kit was loaded: the pad is gone
 
     def _scored(note: int, job_id: int, path: str, fut) -> None:
         try:

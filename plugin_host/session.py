@@ -249,8 +249,10 @@ class Session:
                 "pads": [self.pad_out(p) for p in sorted(kit.pads, key=lambda p: p.note)]}
 
     def update_pad(self, note: int, params: dict[str, float] | None = None,
-                   gain_db: float | None = None, name: str | None = None) -> dict[str, Any]:
-        """Change a pad (the previous state goes on its undo stack); the pad as the page sees it.
+                   gain_db: float | None = None, name: str | None = None,
+                   undoable: bool = True) -> dict[str, Any]:
+        """Change a pad (the previous state goes on its undo stack unless not
+        ``undoable``); the pad as the page sees it.
 
         Raises
         ------
@@ -273,7 +275,8 @@ class Session:
                                     f"pads[{note}]")
             except ValueError as err:
                 raise SessionError(str(err)) from None
-            self._push_undo(old)
+            if undoable:
+                self._push_undo(old)
             self.engine.set_kit(self.engine.kit.with_pad(new))
             out = self.pad_out(new)
         self.broadcast({"type": "pad", "pad": out})
@@ -360,12 +363,41 @@ class Session:
                 entry = entry["previous"]
             if entry is not None:
                 entry["theta"] = dict(theta)    # before the pad changes: has_match
+                entry["stage"] = "fast"
             try:
                 return self.update_pad(note, params=theta, name=name)
             except SessionError:
                 if entry is not None:
                     del entry["theta"]
                 raise
+
+    def refine_match(self, note: int, job_id: int, generation: int, theta: dict[str, float],
+                     estimate: str) -> dict[str, Any] | None:
+        """The second stage of a match: its better parameters replace the fast ones.
+
+        Nothing changes (None) when a newer upload replaced the match or the
+        pad was edited since the fast stage: the user's hand wins. The change
+        is not a new undo step: undo still goes back to the pad before the upload.
+
+        Raises
+        ------
+        SessionError
+            409 when a kit was loaded since the upload.
+        """
+        with self.lock:
+            if generation != self._kit_generation:
+                raise SessionError("a kit was loaded while the match was refined", 409)
+            entry = self._matches.get(note)
+            if entry is None or entry["job"] != job_id or entry.get("theta") is None:
+                return None
+            pad = self.pad(note)
+            now = dict(zip(NAMES, map(float, pad.params.to_array())))
+            if any(abs(now[k] - entry["theta"][k]) > 1e-9 * max(1.0, abs(now[k]))
+                   for k in NAMES):
+                return None                     # edited by hand since the fast stage
+            entry.update(fast_theta=entry["theta"], theta=dict(theta), stage="refined",
+                         estimate=estimate)
+            return self.update_pad(note, params=theta, undoable=False)
 
     def fail_match(self, note: int, job_id: int) -> None:
         """An upload that got no parameters: the pad's entry goes back to what it was."""
@@ -404,7 +436,8 @@ class Session:
             if entry is None:
                 return {"status": "none"}
             out = {k: entry.get(k) for k in ("status", "job", "source", "message", "theta",
-                                             "jtfs_distance", "mss_distance")}
+                                             "jtfs_distance", "mss_distance", "stage",
+                                             "fast_theta", "estimate")}
             if entry.get("status") == "scored":
                 out["preview"] = {k: entry[k] for k in ("sr", "seconds", "target", "match")}
             return out

@@ -11,9 +11,12 @@ messages):
 
 - parent -> worker: ``(job_id, path, options)`` or ``None`` (stop);
 - worker -> parent: ``("ready", info)``, ``("started", job_id)``,
-  ``("params", job_id, match)`` as soon as the encoder (and refinement) has
-  the parameters, then ``("scored", job_id, preview)`` with the distances and
-  the pictures' data, or ``("error", job_id, message, http_status)``.
+  ``("params", job_id, match)`` as soon as the encoder has the parameters
+  (milliseconds), then, for a method other than ``encoder`` (the default
+  ``search``, and any refinement), ``("refined", job_id, match)`` with the
+  better estimate, then ``("scored", job_id, preview)`` with the final
+  match's distances and the pictures' data, or ``("error", job_id, message,
+  http_status)``.
 
 :class:`MatchWorker` supervises it: if the process dies, the job it was on
 fails with a clear message, a new process starts (fresh queues: a process
@@ -113,8 +116,9 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
         # the allocator and kernel selection.
         warm = np.zeros(matcher.audio_config.n_samples, np.float32)
         warm[:64] = np.hanning(64)
-        matcher.match_hit(prepare_hit(warm, matcher.audio_config.sr, matcher.audio_config),
-                          score=False)
+        warm_hit = prepare_hit(warm, matcher.audio_config.sr, matcher.audio_config)
+        matcher.match_hit(warm_hit, score=False, method="encoder")
+        matcher.match_hit(warm_hit, score=False)      # the search: index, JTFS batch
     except Exception as err:           # reported to the parent, which shows it
         results.put(("failed", f"{type(err).__name__}: {err}"))
         return
@@ -141,18 +145,30 @@ def _worker_main(jobs: "mp.Queue", results: "mp.Queue", model: str | None, devic
             t = time.perf_counter()
             hit = load_hit(path, matcher.audio_config, options.get("onset"))
             load_ms = 1e3 * (time.perf_counter() - t)
-            r = matcher.match_hit(hit, score=False, refine=options.get("refine"),
-                                  budget_ms=float(options.get("budget_ms", 1000.0)))
+            # Stage 1: the encoder's estimate, on the pad in milliseconds.
+            r = matcher.match_hit(hit, score=False, method="encoder")
             r.timings_ms = {"load": load_ms, **r.timings_ms}
-            results.put(("params", job_id, {
-                "theta": r.theta, "nu": r.nu, "units": r.units, "timings_ms": r.timings_ms,
-                "onset_seconds": r.onset_seconds, "truncated": r.truncated,
-                "refinement": r.refinement}))
+            results.put(("params", job_id, _payload(r, "fast")))
+            method = options.get("method", "search")
+            if method != "encoder" or options.get("refine"):
+                # Stage 2: the default match (search, re-ranked; refined if asked).
+                r = matcher.match_hit(hit, score=False, method=method,
+                                      refine=options.get("refine"),
+                                      budget_ms=float(options.get("budget_ms", 2000.0)))
+                results.put(("refined", job_id, _payload(r, "refined")))
             scoring.append((job_id, hit, r))
         except (AudioError, ValueError) as err:     # the user's file: a clear message
             results.put(("error", job_id, str(err), 422))
         except Exception as err:                     # a bug: still an answer, not a hang
             results.put(("error", job_id, f"matching failed: {type(err).__name__}: {err}", 500))
+
+
+def _payload(r, stage: str) -> dict[str, Any]:
+    """What the parent gets of a match (plain values)."""
+    return {"stage": stage, "theta": r.theta, "nu": r.nu, "units": r.units,
+            "timings_ms": r.timings_ms, "onset_seconds": r.onset_seconds,
+            "truncated": r.truncated, "refinement": r.refinement, "estimate": r.estimate,
+            "method": r.method}
 
 
 def _score(matcher, results: "mp.Queue", job_id: int, hit, r) -> None:
@@ -162,7 +178,9 @@ def _score(matcher, results: "mp.Queue", job_id: int, hit, r) -> None:
     try:
         t = time.perf_counter()
         matched = matcher.render(r)
-        d_jtfs, d_mss = matcher.distances(matched, hit.audio)
+        target = torch.tensor(np.asarray(hit.audio), device=matcher.device)[None]
+        # the search measured the winner's JTFS distance already: only MSS is left
+        d_jtfs, d_mss = matcher.score(np.asarray(r.nu), target, {}, r.jtfs_distance)
         with torch.no_grad():
             both = torch.tensor(np.stack([hit.audio, matched]), device=matcher.device)
             cqt = matcher.model.features(both).float().cpu().numpy()
@@ -183,7 +201,8 @@ class MatchJob:
     job_id: int
     path: str
     options: dict[str, Any]
-    params: Future = field(default_factory=Future)    # -> the "params" payload
+    params: Future = field(default_factory=Future)    # -> the "params" payload (fast)
+    refined: Future = field(default_factory=Future)   # -> "refined" payload, None if none
     scored: Future = field(default_factory=Future)    # -> the "scored" payload
     on_event: Callable[[str, dict[str, Any]], None] | None = None
 
@@ -316,7 +335,7 @@ class MatchWorker:
 
         ``on_event(kind, payload)`` is called (from the supervisor thread, or
         this one for ``queued``) for ``queued``, ``started``, ``params``,
-        ``scored`` and ``error``; ``payload["job"]`` is the job's id.
+        ``refined``, ``scored`` and ``error``; ``payload["job"]`` is the job's id.
         """
         if self._stop.is_set():
             raise WorkerError(self.last_error or "the matcher worker is stopped")
@@ -337,7 +356,7 @@ class MatchWorker:
 
     def _fail(self, job: MatchJob, message: str, status: int = 503) -> None:
         err = WorkerError(message, status)
-        for fut in (job.params, job.scored):
+        for fut in (job.params, job.refined, job.scored):
             if not fut.done():
                 fut.set_exception(err)
         self._emit(job, "error", {"message": message})
@@ -389,7 +408,13 @@ class MatchWorker:
             if not job.params.done():
                 job.params.set_result(msg[2])
                 self._emit(job, "params", msg[2])
+        elif kind == "refined":
+            if not job.refined.done():
+                job.refined.set_result(msg[2])
+                self._emit(job, "refined", msg[2])
         elif kind == "scored":
+            if not job.refined.done():          # an encoder-only job: no second stage
+                job.refined.set_result(None)
             job.scored.set_result(msg[2])
             self._emit(job, "scored", {k: msg[2][k] for k in ("jtfs_distance", "mss_distance")})
         elif kind == "error":

@@ -127,6 +127,10 @@ def test_synth_command_does_not_import_torch(tmp_path):
     assert r.stdout.strip().endswith("False 0"), r.stdout + r.stderr
 
 
+# The fundamentals the bundled examples were made at (plugin_host/examples/make_examples.py).
+EXAMPLE_F0 = {"kick": 52.0, "snare": 196.0, "tom": 118.0}
+
+
 @pytest.mark.slow
 def test_demo_writes_the_showcase_and_plays_the_matched_examples(tmp_path):
     from plugin_host.demo import EXAMPLE_PADS
@@ -134,7 +138,7 @@ def test_demo_writes_the_showcase_and_plays_the_matched_examples(tmp_path):
     from synth.presets import PRESETS
 
     out = tmp_path / "demo"
-    r = tympan("demo", "-o", str(out), "--budget-ms", "200")
+    r = tympan("demo", "-o", str(out))          # the default match: the search
     assert r.returncode == 0, r.stderr
     files = sorted(p.name for p in out.iterdir())
     matched = [f"{k}-{n}.{e}" for n in EXAMPLE_PADS
@@ -154,6 +158,9 @@ def test_demo_writes_the_showcase_and_plays_the_matched_examples(tmp_path):
         # The printed table and the kit carry the same match.
         row = next(line for line in table if line.startswith(f"{name} "))
         assert float(row.split()[1]) == pytest.approx(pad.params.f0, abs=0.05)
+        # The search's winner, and the generator's fundamental within a semitone.
+        assert row.split()[9] in ("index", "encoder", "pitch", "local", "encoder+pitch"), row
+        assert abs(12 * np.log2(pad.params.f0 / EXAMPLE_F0[name])) < 1.0, (name, row)
         audio, sr = read(out / f"matched-{name}.wav")
         assert sr == 48000 and 0.5 < np.abs(audio).max() <= 0.9 + 1e-4
         assert (out / f"matched-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

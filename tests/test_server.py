@@ -99,10 +99,11 @@ def test_upload_matches_pushes_to_the_pad_and_draws_the_preview(served):
 
     path = served.kits.parent / "my tom.wav"
     path.write_bytes(wav_bytes(theta))
-    direct = Matcher(device="cpu").match_file(path, score=False)
+    # Stage 1 (the answer): the encoder's estimate, as this process computes it.
+    direct = Matcher(device="cpu").match_file(path, score=False, method="encoder")
     for name in NAMES:
         assert pad["params"][name] == pytest.approx(direct.theta[name], rel=1e-4), name
-    assert body["match"]["theta"] == pad["params"]
+    assert body["match"]["theta"] == pad["params"] and body["match"]["stage"] == "fast"
     assert latency < 30, latency               # generous: a loaded CI machine
     state = wait_for(lambda: (s := served.get("/api/pads/45/match").json())["status"] == "scored"
                      and s)
@@ -111,7 +112,14 @@ def test_upload_matches_pushes_to_the_pad_and_draws_the_preview(served):
         pic = state["preview"][side]
         assert len(pic["wave_min"]) == len(pic["wave_max"]) == 400
         assert len(pic["spec"]) == 120 and all(0 <= v <= 255 for row in pic["spec"] for v in row)
-    assert served.get("/api/pads/45").json()["params"] == pad["params"]
+    # Stage 2: the default match (search) replaced it on the pad; the state keeps both.
+    assert state["stage"] == "refined" and state["fast_theta"] == pad["params"]
+    assert state["estimate"] in ("encoder", "index", "local", "pitch", "encoder+pitch")
+    now = served.get("/api/pads/45").json()
+    assert now["params"] == state["theta"]
+    # The refinement is no undo step of its own: undo goes back to before the upload.
+    undone = served.post("/api/pads/45/undo").json()
+    assert undone["params"] != state["theta"] and undone["params"] != pad["params"]
 
 
 def test_bad_uploads_are_refused_and_change_nothing(served):
@@ -186,17 +194,16 @@ def test_uploads_while_kits_load_and_pads_undo_lose_no_match_and_get_no_5xx(serv
 def test_a_killed_worker_is_restarted_and_the_engine_keeps_playing(served):
     s0 = served.status()
     pid = s0["worker"]["pid"]
-    # A long refinement keeps the worker busy while it is killed.
-    answer: dict = {}
-    t = threading.Thread(target=lambda: answer.update(
-        r=served.upload(41, wav_bytes(), name="victim.wav", refine="true", budget_ms=20000)))
-    t.start()
-    # Killed while matching it (not while it waits: a waiting job is resent).
+    # A long second stage (search + refinement) keeps the worker busy while it is killed.
+    r = served.upload(41, wav_bytes(), name="victim.wav", refine="true", budget_ms=20000)
+    # The fast stage is on the pad already; the worker is on the second when killed.
+    assert r.status_code == 200 and r.json()["match"]["stage"] == "fast", r.text
     wait_for(lambda: served.status()["worker"]["current"] is not None, timeout=120)
     os.kill(pid, signal.SIGKILL)
-    t.join(timeout=60)
-    r = answer["r"]
-    assert r.status_code == 503 and "died" in r.json()["detail"], r.text
+    lost = wait_for(lambda: (m := served.get("/api/pads/41/match").json())["status"] == "error"
+                    and m, timeout=60)
+    assert "died" in lost["message"], lost
+    assert served.get("/api/pads/41").json()["params"] == r.json()["pad"]["params"]
     s1 = wait_for(lambda: (s := served.status())["worker"]["ready"] and s, timeout=180)
     assert s1["worker"]["restarts"] == s0["worker"]["restarts"] + 1
     assert s1["worker"]["pid"] != pid and "died" in s1["worker"]["last_error"]

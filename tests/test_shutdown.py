@@ -200,8 +200,9 @@ def test_tympan_serve_stops_within_the_bound_of_sigint_with_a_match_in_flight(
         assert served.proc.returncode == 0, f"run {run}: code {served.proc.returncode}; {err}"
         assert "tympan serve: stopped" in out and "Traceback" not in err, err[-2000:]
         assert seconds <= EXIT_BOUND_S, f"run {run}: {seconds:.2f} s to exit; {times}"
-        # The upload got an answer (503: the server stopped) or its connection closed.
-        assert answers and (answers[0] in ("closed", 503)), answers
+        # The upload got an answer (200: its fast stage landed before the stop; 503:
+        # the server stopped first) or its connection closed.
+        assert answers and (answers[0] in ("closed", 200, 503)), answers
         times.append(seconds)
     _report("tympan serve", times)
 

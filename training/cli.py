@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                         "docs/results.md from a campaign's state"),
     "nn-index": ("training.nn_index", "nn_index_main",
                  "JTFS features of a split's sounds: the nearest-neighbour baseline's index"),
+    "sound-index": ("training.sound_index_job", "sound_index_main",
+                    "the dense index of 'tympan match': Sobol-spread sounds, PCA of their JTFS"),
 }
 
 

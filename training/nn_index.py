@@ -32,7 +32,7 @@ def nn_index_main(argv: Sequence[str]) -> int:
     import numpy as np
 
     from matcher.jtfs import JTFSConfig
-    from matcher.nn import NNIndex
+    from matcher.sound_index import SoundIndex
 
     protocol = Protocol(seed=args.protocol_seed)
     ids = protocol.split_indices(args.split)
@@ -40,10 +40,10 @@ def nn_index_main(argv: Sequence[str]) -> int:
         rng = np.random.default_rng([args.protocol_seed, 104729])
         ids = np.sort(rng.choice(ids, size=args.limit, replace=False))
     cfg = replace(JTFSConfig.reference(), N=args.n_samples, sr=args.sr)
-    index = NNIndex.build(protocol.nu(ids), cfg, device=args.device, progress=not args.quiet,
+    index = SoundIndex.build(protocol.nu(ids), cfg, device=args.device, progress=not args.quiet,
                           source=f"protocol seed {args.protocol_seed}, split {args.split}, "
                                  f"{len(ids)} cells")
     path = index.save(args.out)
     print(f"wrote {path}: {len(index)} sounds of split {args.split!r}, "
-          f"{index.phi.shape[1]} JTFS features each")
+          f"{index.dims} JTFS features each")
     return 0

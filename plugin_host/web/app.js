@@ -485,7 +485,7 @@
     if (S.selected === note) setPreviewPending(`Matching ${file.name}\u2026`);
     const form = new FormData();
     form.append("file", file, file.name || "sample.wav");
-    const query = $("#refine").checked ? "?refine=true&budget_ms=1000" : "";
+    const query = $("#refine").checked ? "?refine=true&budget_ms=4000" : "";
     let res;
     try {
       res = await api("POST", `/api/pads/${note}/sample${query}`, { form });
@@ -719,7 +719,11 @@
     if (m.status === "scored") {
       S.previewData = { note, match: m };
       $("#preview").classList.remove("pending");
-      $("#preview-note").textContent = m.preview ? "" : "No preview available for this match.";
+      // Both stages: the encoder's fast estimate, then the default match that replaced it.
+      const stages = m.fast_theta
+        ? `Fast (encoder): ${paramSummary(m.fast_theta)}. Refined (${m.estimate || "search"}): ${paramSummary(m.theta)}.`
+        : "";
+      $("#preview-note").textContent = m.preview ? stages : "No preview available for this match.";
       setMeta(m.source, m.jtfs_distance, m.mss_distance);
       paintPreview();
       $("#preview").dataset.ready = "true";
@@ -790,7 +794,13 @@
         break;
       case "params":
         if (job != null) st.paramsJob = Math.max(st.paramsJob, job);
-        setProgress(note, "scoring\u2026");
+        setProgress(note, "refining\u2026");
+        break;
+      case "refined":
+        // Stage 2: the default match replaces the fast estimate (the pad message
+        // carries the parameters); distances and pictures follow.
+        setProgress(note, "refined, scoring\u2026");
+        if (S.selected === note) showMessage(`Note ${note}: refined (${m.estimate || "search"})`, "info");
         break;
       case "scored":
         if (job != null) st.scoredJob = Math.max(st.scoredJob, job);

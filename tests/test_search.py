@@ -1,0 +1,204 @@
+"""The default match's parts: the dense sound index, the pitch candidate, re-ranking,
+the choice between candidates and the whole-match budget.
+
+The index tests build small indexes at 8192 samples (fast JTFS); the pitch tests
+compare against the generator's known fundamentals; re-ranking is checked against
+distances computed one candidate at a time by ``Matcher.distances``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matcher.jtfs import JTFSConfig
+from matcher.pitch import estimate_f0
+from matcher.search import (SEMITONE_NU, Candidate, Source, choose, in_tune, local_step,
+                            nu_of_f0, pitch_candidates, rerank)
+from matcher.sound_index import SoundIndex, build_dense, dense_points
+from synth.twin import MembraneTwin
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 22050.0
+CFG = replace(JTFSConfig.reference(), N=8192)
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("index") / "small.npz"
+    build_dense(out, CFG, size=64, dims=6, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------- the index
+def test_dense_points_are_seeded_and_cover_the_space():
+    a, b = dense_points(256, seed=0), dense_points(256, seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (256, 5) and a.min() >= -1 and a.max() <= 1
+    assert not np.array_equal(a, dense_points(256, seed=1))
+    # Low discrepancy: every half of every axis holds 128 +- 8 points (random: +- ~16).
+    assert np.all(np.abs((a > 0).sum(axis=0) - 128) <= 8)
+
+
+def test_a_pca_index_keeps_its_header_and_queries_its_own_points(small_index):
+    index = SoundIndex.load(small_index)
+    index.check(CFG)
+    assert index.kind == "pca" and len(index) == 64 and index.dims == 6
+    assert 0.5 < index.header["explained"] <= 1.0
+    np.testing.assert_allclose(index.nu, dense_points(64), atol=1e-6)   # float32 storage
+    # Its own render, transformed again, finds itself first.
+    twin = MembraneTwin(SR, 8192)
+    from matcher.jtfs import JTFS
+
+    phi = JTFS(CFG).phi(twin.from_nu(torch.as_tensor(index.nu[[5, 40]])).float())
+    nu, dist = index.query(phi, k=3)
+    np.testing.assert_allclose(nu[:, 0], index.nu[[5, 40]], atol=1e-12)
+    assert np.all(np.diff(dist, axis=1) >= 0)                          # nearest first
+
+
+def test_the_build_resumes_from_its_shards_and_refuses_another_plan(tmp_path):
+    out = tmp_path / "i.npz"
+    full = build_dense(out, CFG, size=24, dims=4, progress=False, shard=16)
+    parts = out.with_name(out.name + ".parts")
+    shard1 = parts / "shard-00001.npz"
+    stamp = shard1.stat().st_mtime_ns
+    (parts / "shard-00000.npz").unlink()          # as if stopped before the first finished
+    again = build_dense(out, CFG, size=24, dims=4, progress=False, shard=16)
+    assert shard1.stat().st_mtime_ns == stamp      # the finished shard was not redone
+    np.testing.assert_allclose(again.emb.numpy(), full.emb.numpy(), atol=2e-2)
+    with pytest.raises(ValueError, match="holds shards of another build"):
+        build_dense(out, CFG, size=32, dims=4, progress=False, shard=16)
+
+
+def test_missing_corrupt_and_foreign_indexes_are_one_line_errors(small_index, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        SoundIndex.load(tmp_path / "none.npz")
+    # Edited arrays: the checksum in the header no longer matches.
+    with np.load(small_index) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["emb"] = arrays["emb"].copy()
+    arrays["emb"][0, 0] += 1
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(ValueError, match="corrupt"):
+        SoundIndex.load(tmp_path / "edited.npz")
+    # A truncated file.
+    data = small_index.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a sound index"):
+        SoundIndex.load(tmp_path / "cut.npz")
+    # Another version.
+    header = json.loads(str(arrays["header"]))
+    header["version"] = 99
+    np.savez(tmp_path / "v99.npz", **{**arrays, "header": np.array(json.dumps(header))})
+    with pytest.raises(ValueError, match="version 99"):
+        SoundIndex.load(tmp_path / "v99.npz")
+    # Built for another length.
+    with pytest.raises(ValueError, match="built for 8192 samples"):
+        SoundIndex.load(small_index).check(JTFSConfig.reference())
+    assert zipfile.is_zipfile(small_index)
+
+
+def test_the_cli_says_what_is_wrong_with_an_index_in_one_line(tmp_path):
+    hit = ROOT / "plugin_host" / "examples" / "snare.flac"
+    (tmp_path / "junk.npz").write_bytes(b"not an index")
+    for index, words in ((tmp_path / "junk.npz", "is not a sound index"),
+                         (tmp_path / "none.npz", "no sound index")):
+        r = subprocess.run([sys.executable, str(ROOT / "tympan_cli.py"), "match", str(hit),
+                            "--index", str(index)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- pitch
+@pytest.mark.parametrize("f0", [45.0, 118.0, 196.0, 523.0, 880.0])
+def test_the_spectrum_gives_a_membrane_hits_fundamental(f0):
+    # Tympan's own membrane at known f0 (mode (1, 1) is the fundamental).
+    theta = torch.tensor([[f0, 0.4, 1e-3, 1e-3, 0.7]], dtype=torch.float64)
+    y = MembraneTwin(SR, 2**15)(theta)[0].numpy()
+    got = estimate_f0(y, SR)
+    assert got is not None and abs(1200 * np.log2(got / f0)) < 25      # cents
+
+
+def test_the_demo_examples_fundamentals_are_found_despite_wires_and_clicks():
+    from matcher.audio import AudioConfig, load_hit
+
+    cfg = AudioConfig(sr=SR, n_samples=2**16)
+    for name, f0 in (("kick", 52.0), ("snare", 196.0), ("tom", 118.0)):
+        hit = load_hit(ROOT / "plugin_host" / "examples" / f"{name}.flac", cfg)
+        got = estimate_f0(hit.audio, SR)
+        assert got is not None and abs(12 * np.log2(got / f0)) < 1.0, (name, got)
+
+
+def test_pitch_has_no_answer_for_silence_or_white_noise_and_refuses_bad_input():
+    assert estimate_f0(np.zeros(4096), SR) is None
+    noise = np.random.default_rng(0).standard_normal(2**15)
+    assert estimate_f0(noise, SR) is None
+    with pytest.raises(ValueError, match="allowed 1-D audio"):
+        estimate_f0(np.zeros((2, 100)), SR)
+
+
+def test_pitch_candidates_sit_at_the_asked_fundamental(small_index):
+    index = SoundIndex.load(small_index)
+    phi = torch.zeros(1, index.basis.shape[1])
+    # The widest window holds every point: the k nearest overall, moved to 200 Hz.
+    nu = pitch_candidates(index, phi, 200.0, k=2, semitones=100.0)
+    assert nu.shape == (2, 5) and np.all(nu[:, 0] == nu_of_f0(200.0))
+    assert pitch_candidates(index, phi, 200.0, semitones=1e-6).shape == (0, 5)
+    assert in_tune(nu[0], 200.0) and not in_tune(nu[0] + [3 * SEMITONE_NU, 0, 0, 0, 0], 200.0)
+
+
+# ---------------------------------------------------------------- re-ranking and choice
+def test_rerank_finds_the_true_best_of_the_candidates():
+    from matcher.jtfs import JTFS
+
+    twin = MembraneTwin(SR, 8192)
+    jtfs = JTFS(CFG)
+    rng = np.random.default_rng(3)
+    truth = np.array([0.1, -0.2, 0.3, -0.4, 0.5])
+    target = twin.from_nu(torch.as_tensor(truth)[None]).float()
+    target_phi = jtfs.phi(target)
+    cands = [Candidate(np.clip(truth + s * rng.standard_normal(5), -1, 1), Source.INDEX)
+             for s in (0.5, 0.05, 0.3, 0.8, 0.15)]
+    ranked = rerank(cands, target_phi, lambda nu: twin.from_nu(nu).float(), jtfs.phi)
+    # Independent: each candidate's distance on its own (batch of one).
+    alone = []
+    for c in cands:
+        x = twin.from_nu(torch.as_tensor(c.nu)[None]).float()
+        alone.append(float(torch.linalg.vector_norm(jtfs.phi(x) - target_phi)))
+    assert ranked[0] is cands[int(np.argmin(alone))]
+    np.testing.assert_allclose(sorted(alone), [c.jtfs for c in ranked], rtol=1e-4)
+    with pytest.raises(ValueError, match="no candidate"):
+        rerank([], target_phi, None, None)
+
+
+def test_choose_prefers_the_in_tune_candidate_within_the_margin():
+    f0 = 200.0
+    tuned = np.array([nu_of_f0(f0), 0, 0, 0, 0])
+    off = np.array([nu_of_f0(f0 * 1.5), 0, 0, 0, 0])
+    ranked = [Candidate(off, Source.INDEX, 9.0), Candidate(tuned, Source.PITCH, 10.0)]
+    assert choose(ranked, f0, margin=0.4).source is Source.PITCH     # 10 % closer: not enough
+    assert choose(ranked, None, margin=0.4).source is Source.INDEX   # no f0: the closest
+    far = [Candidate(off, Source.INDEX, 5.0), Candidate(tuned, Source.PITCH, 10.0)]
+    assert choose(far, f0, margin=0.4).source is Source.INDEX        # 50 % closer: it wins
+
+
+def test_the_local_step_recovers_a_point_between_index_sounds():
+    # An index whose features are exactly affine in nu: the step lands on the truth.
+    rng = np.random.default_rng(0)
+    nu = rng.uniform(-1, 1, (400, 5))
+    a = rng.standard_normal((5, 12))
+    index = SoundIndex(nu, nu @ a, {"format": "x"}, mean=np.zeros(12), basis=np.eye(12))
+    truth = np.array([0.2, -0.1, 0.05, 0.3, -0.25])
+    got = local_step(index, torch.as_tensor(truth @ a, dtype=torch.float32)[None], m=32,
+                     lam=1e-6)
+    nearest = nu[np.argmin(np.linalg.norm(nu @ a - truth @ a, axis=1))]
+    assert np.abs(got - truth).max() < 0.5 * np.abs(nearest - truth).max()
