@@ -41,6 +41,37 @@ def test_a_match_goes_pending_applied_scored(session):
     assert state["jtfs_distance"] == 1.5 and state["preview"]["sr"] == 22050
 
 
+REFINED = {"f0": 196.0, "tau": 0.25, "p": 1e-4, "D": 0.2, "alpha": 0.55}
+
+
+def test_the_refined_stage_replaces_the_fast_one_without_an_undo_step(session):
+    before = session.pad_out(session.pad(38))["params"]
+    gen = session.begin_match(38, 1, "snare.wav")
+    session.apply_match(38, 1, gen, "snare.wav", THETA)
+    pad = session.refine_match(38, 1, gen, REFINED, "pitch")
+    assert pad["params"] == pytest.approx(REFINED)
+    state = session.match_state(38)
+    assert state["stage"] == "refined" and state["fast_theta"] == THETA
+    assert state["theta"] == REFINED and state["estimate"] == "pitch"
+    assert session.undo(38)["params"] == pytest.approx(before)   # one step: the upload
+
+
+def test_a_hand_edit_or_a_newer_upload_wins_over_a_late_refinement(session):
+    gen = session.begin_match(40, 1, "a.wav")
+    session.apply_match(40, 1, gen, "a.wav", THETA)
+    session.update_pad(40, params={"f0": 300.0})                  # the user turned a knob
+    assert session.refine_match(40, 1, gen, REFINED, "index") is None
+    assert session.pad_out(session.pad(40))["params"]["f0"] == 300.0
+    gen = session.begin_match(41, 2, "b.wav")
+    session.apply_match(41, 2, gen, "b.wav", THETA)
+    session.begin_match(41, 3, "c.wav")                            # a newer upload
+    assert session.refine_match(41, 2, gen, REFINED, "index") is None
+    session.load_kit("saved")                                      # and a kit load: 409
+    with pytest.raises(SessionError) as err:
+        session.refine_match(41, 3, gen, REFINED, "index")
+    assert err.value.status == 409
+
+
 def test_a_failed_match_puts_the_previous_one_back(session):
     gen = session.begin_match(38, 1, "a.wav")
     session.apply_match(38, 1, gen, "a.wav", THETA)
