@@ -1,8 +1,8 @@
 """Training run configuration: one TOML file per run, read into a frozen :class:`TrainConfig`.
 
 A file has top-level keys (``name``, ``seed``, ``loss``, ``pitch_known``) and
-the tables ``[data]``, ``[features]``, ``[optim]``, ``[damping]``, ``[metric]``,
-``[jtfs]``, ``[log]``; every key is optional and defaults to the reference run.
+the tables ``[data]``, ``[features]``, ``[augment]``, ``[optim]``, ``[damping]``,
+``[metric]``, ``[jtfs]``, ``[log]``; every key is optional and defaults to the reference run.
 Unknown keys are errors (a typo must not silently train the wrong model).
 See ``configs/README.md`` for the shipped runs.
 """
@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from matcher.features import FeatureConfig
 
+from .augment import AugmentConfig
 from .damping import make_damping
 from .metric_job import PHIS
 from .protocol import Protocol
@@ -141,6 +142,7 @@ class TrainConfig:
     pitch_known: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     damping: dict[str, Any] = field(default_factory=lambda: {"kind": "constant", "lam": 0.0})
     metric: MetricConfig = field(default_factory=MetricConfig)
@@ -175,7 +177,9 @@ class TrainConfig:
         return replace(base, **self.jtfs)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -196,6 +200,10 @@ class TrainConfig:
                 if bad:
                     raise ValueError(f"[{key}] unknown keys {bad}; allowed: {sorted(allowed)}")
                 d[key] = kind(**table)
+        if "augment" in d:
+            if not isinstance(d["augment"], Mapping):
+                raise ValueError(f"[augment] must be a table of settings, got {d['augment']!r}")
+            d["augment"] = AugmentConfig.from_dict(d["augment"])
         if "features" not in d and "data" in d:   # features follow the data's rate and length
             d["features"] = FeatureConfig(sr=d["data"].sr, n_samples=d["data"].n_samples)
         for key in ("damping", "jtfs"):

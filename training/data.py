@@ -23,6 +23,7 @@ import torch
 from matcher.features import CQTFeatures
 from synth.twin import MembraneTwin, clamp_nu
 
+from .augment import Augmenter
 from .config import TrainConfig
 from .shards import atomic_savez, json_array
 
@@ -80,7 +81,9 @@ class Renderer(torch.nn.Module):
 
     Returns dicts with ``ids`` ``[B]`` (numpy), ``nu`` ``[B, 5]`` float32,
     ``audio`` ``[B, N]`` float32 (peak-normalized), ``x`` ``[B, 1, bins,
-    frames]`` float32 features.
+    frames]`` float32 features. With an ``augment`` key (training batches) and
+    an active ``[augment]`` table, ``audio`` and ``x`` are of the augmented
+    sound (:mod:`training.augment`); ``nu`` stays the label.
     """
 
     def __init__(self, cfg: TrainConfig):
@@ -88,12 +91,18 @@ class Renderer(torch.nn.Module):
         self.protocol = cfg.data.protocol
         self.twin = MembraneTwin(cfg.data.sr, cfg.data.n_samples)
         self.features = CQTFeatures(cfg.features)
+        self.augment = cfg.augment
+        self._augmenter: Augmenter | None = None
 
     @torch.no_grad()
-    def forward(self, ids: np.ndarray) -> dict[str, Any]:
+    def forward(self, ids: np.ndarray, augment: tuple[int, ...] | None = None) -> dict[str, Any]:
         dev = self.features.idx.device
         nu = torch.as_tensor(self.protocol.nu(ids), dtype=torch.float64, device=dev)
         audio = self.twin.from_nu(nu).to(torch.float32)
+        if augment is not None and self.augment.active:
+            if self._augmenter is None or self._augmenter.device != audio.device:
+                self._augmenter = Augmenter(self.augment, self.twin.sr, audio.device)
+            audio, _ = self._augmenter(audio, augment)
         return {"ids": ids, "nu": nu.to(torch.float32), "audio": audio,
                 "x": self.features(audio)[:, None]}
 

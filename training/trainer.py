@@ -36,6 +36,7 @@ import torch.distributed as dist
 from matcher.encoder import Encoder
 from synth.export import atomic_write
 
+from .augment import AugmentConfig
 from .config import TrainConfig
 from .damping import make_damping
 from .data import MetricTable, Renderer, Split
@@ -131,6 +132,7 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """Config fields that must not change across a resume (length and logging may)."""
     d = json.loads(json.dumps(d))
     d.pop("log", None)
+    d.setdefault("augment", AugmentConfig().to_dict())   # checkpoints from before [augment]
     for k in ("epochs", "max_steps", "max_seconds"):
         d["optim"].pop(k, None)
     return d
@@ -223,7 +225,8 @@ class _Run:
 
     def train_step(self, ids: np.ndarray) -> float:
         self.net.train()
-        batch = self.renderer(ids)
+        # Augmentation is seeded by the step and the rank: a resumed run sees the same batches.
+        batch = self.renderer(ids, augment=(self.step, self.rank))
         nu_hat = self.predict(batch, self.net)
         loss = self.loss(batch, nu_hat, "train")
         if not torch.isfinite(loss):
