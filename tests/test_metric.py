@@ -141,6 +141,35 @@ def test_job_shards_merge_and_match_direct_metric(tmp_path):
         ["job.json"] + [f"shard-{i:05d}.npz" for i in range(5)]
 
 
+def test_a_subset_job_computes_the_cells_a_run_of_that_size_trains_on(tmp_path, capsys):
+    from dataclasses import replace
+
+    from training.config import load_config
+    from training.data import MetricTable, Split
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "pnp.toml")
+    cfg = replace(cfg, data=replace(cfg.data, n_train=6, n_val=4),
+                  metric=replace(cfg.metric, dir=str(tmp_path), compute_missing=False))
+    protocol = cfg.data.protocol
+    for split, k in (("train", 6), ("val", 4)):
+        job = MetricJob(split, protocol, 4, None, "float32", "stft-test", n_samples=8192, subset=k)
+        ids = Split(cfg, split, k).ids
+        np.testing.assert_array_equal(job.cell_ids, ids)
+        assert job.n_sounds == k and job.n_shards == -(-k // 4)
+        assert MetricJob.from_header(job.header()) == job and job.header()["subset"] == k
+        # Not the split's first cells: the seeded subset spreads over the grid.
+        assert not np.array_equal(ids, protocol.split_indices(split)[:k])
+        code = cli.main(["metric", "--split", split, "--out", str(tmp_path), "--phi", "stft-test",
+                         "--n-samples", "8192", "--subset", str(k), "--shard-size", "4", "--quiet"])
+        assert code == 0 and f"{job.n_shards} of {job.n_shards} finished" in capsys.readouterr().out
+        merge_metric(split, tmp_path)
+        table = MetricTable(cfg, split, ids)             # no cell missing: nothing recomputed
+        np.testing.assert_array_equal(table.ids, ids)
+    assert "subset" not in small_job().header()           # older headers are unchanged
+    with pytest.raises(ValueError, match="subset = -1: allowed integers >= 0"):
+        small_job(subset=-1)
+
+
 def test_torchrun_env_picks_the_share(tmp_path):
     job = small_job(n_sounds=12)
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}

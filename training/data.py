@@ -43,10 +43,7 @@ class Split:
 
     def __init__(self, cfg: TrainConfig, split: str, limit: int = 0):
         protocol = cfg.data.protocol
-        ids = protocol.split_indices(split)
-        if limit and limit < len(ids):
-            rng = np.random.default_rng([cfg.data.protocol_seed, 7919, len(split)])
-            ids = np.sort(rng.choice(ids, size=limit, replace=False))
+        ids = protocol.subset(split, limit)
         self.name = split
         self.protocol = protocol
         self.ids = ids

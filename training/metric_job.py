@@ -71,6 +71,10 @@ class MetricJob:
         Sample rate of the twin, Hz.
     n_samples : int
         Length of each render, samples.
+    subset : int
+        Take the sounds from the seeded ``subset``-cell subset of the split
+        (:meth:`Protocol.subset`: the cells a run with ``[data] n_train`` or
+        ``n_val`` = subset trains or validates on); 0: the whole split.
     """
 
     split: str
@@ -81,6 +85,7 @@ class MetricJob:
     phi: str = "jtfs"
     sr: float = 22050.0
     n_samples: int = 2**16
+    subset: int = 0
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -90,14 +95,17 @@ class MetricJob:
         for name in ("shard_size", "n_samples") + (("n_sounds",) if self.n_sounds is not None else ()):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: allowed integers >= 1")
+        if isinstance(self.subset, bool) or not isinstance(self.subset, int) or self.subset < 0:
+            raise ValueError(f"subset = {self.subset!r}: allowed integers >= 0 (0: the whole split)")
         size = self.protocol.sizes[self.split]
+        size = min(self.subset, size) if self.subset else size
         if self.n_sounds is None or self.n_sounds > size:
             object.__setattr__(self, "n_sounds", size)  # a limit past the end means "all"
 
     @cached_property
     def cell_ids(self) -> np.ndarray:
         """Cell ids of the job's sounds, ``[n_sounds]`` int64, sorted."""
-        return self.protocol.split_indices(self.split)[:self.n_sounds]
+        return self.protocol.subset(self.split, self.subset)[:self.n_sounds]
 
     @property
     def n_shards(self) -> int:
@@ -112,7 +120,8 @@ class MetricJob:
         return {"format": FORMAT, "version": VERSION, "split": self.split,
                 "protocol": self.protocol.to_dict(), "shard_size": self.shard_size,
                 "n_sounds": self.n_sounds, "n_shards": self.n_shards, "dtype": self.dtype,
-                "phi": self.phi, "sr": self.sr, "n_samples": self.n_samples}
+                "phi": self.phi, "sr": self.sr, "n_samples": self.n_samples,
+                **({"subset": self.subset} if self.subset else {})}   # older headers stay valid
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> "MetricJob":
@@ -121,7 +130,7 @@ class MetricJob:
                              f"version {h.get('version')!r}")
         try:
             return cls(h["split"], Protocol(**h["protocol"]), h["shard_size"], h["n_sounds"],
-                       h["dtype"], h["phi"], h["sr"], h["n_samples"])
+                       h["dtype"], h["phi"], h["sr"], h["n_samples"], h.get("subset", 0))
         except (KeyError, TypeError) as err:
             raise ValueError(f"incomplete {FORMAT} header ({type(err).__name__}: {err})") from None
 
@@ -359,6 +368,9 @@ def metric_main(argv: Sequence[str]) -> int:
     parser.add_argument("--shard-size", type=_positive, default=256, help="sounds per shard (256)")
     parser.add_argument("--limit", type=_positive, metavar="K",
                         help="only the first K sounds of the split (smoke runs)")
+    parser.add_argument("--subset", type=_positive, default=0, metavar="K",
+                        help="the seeded K-cell subset that a run with [data] n_train (train) "
+                             "or n_val (val) = K uses, instead of the whole split")
     parser.add_argument("--protocol-seed", type=int, default=0, metavar="S")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     smoke = parser.add_argument_group("test and smoke options (not for real metrics)")
@@ -369,7 +381,7 @@ def metric_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     shard = parse_shard(args.shard) if args.shard is not None else None
     job = MetricJob(args.split, Protocol(seed=args.protocol_seed), args.shard_size, args.limit,
-                    args.dtype, args.phi, n_samples=args.n_samples)
+                    args.dtype, args.phi, n_samples=args.n_samples, subset=args.subset)
     batch = args.batch or (32 if args.device == "cuda" else 1)
     done = run_metric(job, args.out, device=args.device, batch=batch, shard=shard,
                       progress=not args.quiet)

@@ -118,6 +118,15 @@ class Protocol:
         """Sorted cell ids of a split, ``[n]`` int64 (a copy: safe to modify)."""
         return self._splits[_check_split(split)].copy()
 
+    def subset(self, split: str, k: int) -> np.ndarray:
+        """The seeded ``k``-cell subset of a split that a run with ``n_train``/``n_val`` = k
+        uses, sorted ``[k]`` int64; the whole split when ``k`` is 0 or not smaller."""
+        ids = self.split_indices(split)
+        if k and k < len(ids):
+            rng = np.random.default_rng([self.seed, 7919, len(split)])
+            ids = np.sort(rng.choice(ids, size=k, replace=False))
+        return ids
+
     def nu(self, which: str | Sequence[int] | np.ndarray) -> np.ndarray:
         """Normalized coordinates of a split's (or cell ids') points, ``[n, 5]`` float64.
 
