@@ -36,6 +36,9 @@ auraloss
     library at another configuration (``_common.auraloss_distance``), so that no
     method wins by fitting one of our own metrics.
 
+Each set is also reported in its two halves (``configs/real-hits.toml``): ``SET/ft``,
+the files fine-tuning may train on, and ``SET/val``, the files it never sees.
+
 Reported per set and method: median and mean of each distance, files won
 against the nearest-neighbour baseline in each distance, and p50/p95 wall time
 per file (file preparation, estimate, refinement, render; model load and the
@@ -58,6 +61,7 @@ from _common import (REAL_SETS, ROOT, add_matcher_args, auraloss_distance, box_p
 
 DISTANCES = {"jtfs": "JTFS distance", "mss": "MSS distance", "auraloss": "auraloss MR-STFT"}
 BASELINE = "nn"
+REAL_HITS = ROOT / "configs" / "real-hits.toml"   # each set's fine-tuning / validation halves
 
 
 def default_options(nn_index: Path) -> dict:
@@ -116,6 +120,23 @@ def load_sets(cfg, files: dict[str, list[Path]]) -> dict[str, list[tuple[str, ob
     return sets
 
 
+def halves(per_set: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each set's rows cut into its fine-tuning and validation halves
+    (``configs/real-hits.toml``): ``"SET/ft"`` and ``"SET/val"``. A model fine-tuned
+    on recorded hits is judged on the ``/val`` rows; the ``/ft`` rows are its training."""
+    from training.finetune import read_real_sets
+
+    out = {}
+    for name, s in read_real_sets(REAL_HITS).items():
+        rows = per_set.get(name, [])
+        for half, key in (("finetune", "ft"), ("validation", "val")):
+            keep = set(getattr(s, half))
+            part = [r for r in rows if r["name"] in keep]
+            if part:
+                out[f"{name}/{key}"] = part
+    return out
+
+
 def report(sets: dict[str, list[dict]], methods: list[str]) -> dict[str, dict]:
     """Per set: the summary per method and the files each method wins against nn."""
     out = {}
@@ -129,7 +150,7 @@ def report(sets: dict[str, list[dict]], methods: list[str]) -> dict[str, dict]:
 
 def print_table(results: dict[str, dict], methods: list[str]) -> None:
     """Medians and means of the distances, wins against nn, p50/p95 ms."""
-    head = (f"{'set':<10} {'method':<15} {'files':>5} "
+    head = (f"{'set':<14} {'method':<15} {'files':>5} "
             + " ".join(f"{k + ' med':>12} {'mean':>7}" for k in DISTANCES)
             + f"  {'won vs ' + BASELINE + ' (J/M/A)':>20} {'p50 ms':>7} {'p95 ms':>7}")
     print(head + "\n" + "-" * len(head))
@@ -138,7 +159,7 @@ def print_table(results: dict[str, dict], methods: list[str]) -> None:
             s = res["summary"][method]
             won = res[f"wins_vs_{BASELINE}"].get(method)
             won_text = "-" if won is None else "/".join(str(w[0]) for w in won.values())
-            print(f"{name:<10} {method:<15} {s['files']:>5} "
+            print(f"{name:<14} {method:<15} {s['files']:>5} "
                   + " ".join(f"{s[k + '_median']:>12.3f} {s[k + '_mean']:>7.3f}"
                              for k in DISTANCES)
                   + f"  {won_text:>20} {s['ms_p50']:>7.0f} {s['ms_p95']:>7.0f}")
@@ -178,6 +199,7 @@ def main() -> None:
             rows += [{**r, "method": "default"} for r in rows if r["method"] == same]
         per_set[name] = rows
     per_set["all"] = [r for rows in list(per_set.values()) for r in rows]
+    per_set.update(halves(per_set))
     results = report(per_set, names)
 
     doc = {"benchmark": "eval_real", "machine": machine_base(("matcher", "synth", "benchmarks")),

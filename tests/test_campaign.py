@@ -241,6 +241,8 @@ def test_max_seconds_stops_a_run_at_the_next_step(tmp_path):
 
 def test_reference_run_files_survive_the_toml_round_trip():
     for path in sorted((ROOT / "configs").glob("*.toml")):
+        if path.name == "real-hits.toml":          # recorded sets, not a run file
+            continue
         cfg = load_config(path)
         again = TrainConfig.from_dict(tomllib.loads(toml_text(cfg.to_dict(), "x\ny")))
         assert again == cfg, path

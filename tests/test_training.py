@@ -261,8 +261,10 @@ def test_pnp_without_metric_says_how_to_make_it(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    # Run files; campaign plans (configs/*/campaign.toml) are tested in test_campaign.
-    files = sorted(f for f in (ROOT / "configs").rglob("*.toml") if f.name != "campaign.toml")
+    # Run files; campaign plans (configs/*/campaign.toml) are tested in test_campaign,
+    # the recorded sets' halves (real-hits.toml) in test_finetune.
+    files = sorted(f for f in (ROOT / "configs").rglob("*.toml")
+                   if f.name not in ("campaign.toml", "real-hits.toml"))
     assert len(files) >= 18
     names = set()
     for f in files:

@@ -1,8 +1,8 @@
 """Training run configuration: one TOML file per run, read into a frozen :class:`TrainConfig`.
 
 A file has top-level keys (``name``, ``seed``, ``loss``, ``pitch_known``) and
-the tables ``[data]``, ``[features]``, ``[augment]``, ``[optim]``, ``[damping]``,
-``[metric]``, ``[jtfs]``, ``[log]``; every key is optional and defaults to the reference run.
+the tables ``[data]``, ``[features]``, ``[augment]``, ``[finetune]``, ``[optim]``,
+``[damping]``, ``[metric]``, ``[jtfs]``, ``[log]``; every key is optional and defaults to the reference run.
 Unknown keys are errors (a typo must not silently train the wrong model).
 See ``configs/README.md`` for the shipped runs.
 """
@@ -19,6 +19,7 @@ from matcher.features import FeatureConfig
 
 from .augment import AugmentConfig
 from .damping import make_damping
+from .finetune import FinetuneConfig
 from .metric_job import PHIS
 from .protocol import Protocol
 
@@ -143,6 +144,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     damping: dict[str, Any] = field(default_factory=lambda: {"kind": "constant", "lam": 0.0})
     metric: MetricConfig = field(default_factory=MetricConfig)
@@ -160,6 +162,9 @@ class TrainConfig:
                              f"differ from [data] ({self.data.sr}, {self.data.n_samples}): "
                              "set both to the same values")
         make_damping(dict(self.damping))      # checks kind and options
+        if self.finetune.active and self.pitch_known:
+            raise ValueError("[finetune] needs pitch_known = false: a recording comes with no "
+                             "known fundamental")
         self.jtfs_config()                    # checks the JTFS overrides
 
     @property
@@ -204,6 +209,10 @@ class TrainConfig:
             if not isinstance(d["augment"], Mapping):
                 raise ValueError(f"[augment] must be a table of settings, got {d['augment']!r}")
             d["augment"] = AugmentConfig.from_dict(d["augment"])
+        if "finetune" in d:
+            if not isinstance(d["finetune"], Mapping):
+                raise ValueError(f"[finetune] must be a table of settings, got {d['finetune']!r}")
+            d["finetune"] = FinetuneConfig.from_dict(d["finetune"])
         if "features" not in d and "data" in d:   # features follow the data's rate and length
             d["features"] = FeatureConfig(sr=d["data"].sr, n_samples=d["data"].n_samples)
         for key in ("damping", "jtfs"):

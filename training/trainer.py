@@ -25,7 +25,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from synth.export import atomic_write
 
 from .augment import AugmentConfig
 from .config import TrainConfig
+from .finetune import FinetuneConfig, RealHits
 from .damping import make_damping
 from .data import MetricTable, Renderer, Split
 from .losses import jtfs_loss, p_loss, pnp_loss, spectral_loss
@@ -46,7 +47,8 @@ __all__ = ["fit", "full_nu", "load_checkpoint", "CKPT_FORMAT"]
 
 CKPT_FORMAT = "tympan-checkpoint"
 CKPT_VERSION = 1
-CSV_FIELDS = ("step", "epoch", "split", "loss", "val_loss", "val_p", "lam", "lr", "seconds")
+CSV_FIELDS = ("step", "epoch", "split", "loss", "val_loss", "val_p", "real_ft", "real_val", "lam",
+              "lr", "seconds")
 
 
 def full_nu(nu_hat: torch.Tensor, nu_true: torch.Tensor | None, pitch_known: bool) -> torch.Tensor:
@@ -133,6 +135,7 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     d = json.loads(json.dumps(d))
     d.pop("log", None)
     d.setdefault("augment", AugmentConfig().to_dict())   # checkpoints from before [augment]
+    d.setdefault("finetune", asdict(FinetuneConfig()))    # ... and before [finetune]
     for k in ("epochs", "max_steps", "max_seconds"):
         d["optim"].pop(k, None)
     return d
@@ -182,8 +185,31 @@ class _Run:
         if cfg.loss == "jtfs":
             from matcher.jtfs import JTFS
             self.phi = JTFS(cfg.jtfs_config()).to(device).phi
+        self.real: RealHits | None = None
+        if cfg.finetune.active:
+            self.real = RealHits(cfg.finetune, cfg.data.sr, cfg.data.n_samples,
+                                 self.renderer.features, self.renderer.render_nu,
+                                 self.phi or self._jtfs(cfg), cfg.seed)
+            if cfg.finetune.init:
+                self._init_from(cfg.finetune.init)
         self.step, self.epoch, self.next_batch, self.best = 0, 0, 0, math.inf
         self.total_steps = self._total_steps()
+
+    def _jtfs(self, cfg: TrainConfig) -> Any:
+        if cfg.finetune.distance != "jtfs":
+            return None
+        from matcher.jtfs import JTFS
+        return JTFS(cfg.jtfs_config()).to(self.device).phi
+
+    def _init_from(self, path: str) -> None:
+        """Start from an exported model's weights (a resume then restores its own)."""
+        from matcher.model import MatcherModel
+
+        model = MatcherModel.load(path, backend="torch")
+        if model.feature_config != self.cfg.features or model.pitch_known != self.cfg.pitch_known:
+            raise ValueError(f"[finetune] init = {path}: its features or pitch_known differ from "
+                             "this run's; fine-tune with the model's own [features]")
+        self.model.load_state_dict(model.encoder.state_dict())
 
     def _total_steps(self) -> int:
         total = self.train.n_batches(self.world) * self.cfg.optim.epochs
@@ -229,6 +255,9 @@ class _Run:
         batch = self.renderer(ids, augment=(self.step, self.rank))
         nu_hat = self.predict(batch, self.net)
         loss = self.loss(batch, nu_hat, "train")
+        if self.real is not None:
+            loss = loss + self.cfg.finetune.weight * self.real.loss(
+                self.step, lambda x: self.predict({"x": x, "nu": None}, self.net))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {loss.item()} (diverged); lower "
                                      "[optim] lr or enable grad_clip, then resume")
@@ -256,7 +285,10 @@ class _Run:
         if self.world > 1:
             dist.all_reduce(sums)
         n = max(sums[2].item(), 1.0)
-        return {"val_p": sums[0].item() / n, "val_loss": sums[1].item() / n}
+        scores = {"val_p": sums[0].item() / n, "val_loss": sums[1].item() / n}
+        if self.real is not None:      # measured only: nothing is chosen by it
+            scores.update(self.real.score(lambda x: self.predict({"x": x, "nu": None}, self.model)))
+        return scores
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -322,7 +354,7 @@ class _Log:
         self.writer.writerow({k: values.get(k, "") for k in CSV_FIELDS})
         self.file.flush()
         if self.tb is not None:
-            for k in ("loss", "val_loss", "val_p", "lam", "lr"):
+            for k in ("loss", "val_loss", "val_p", "real_ft", "real_val", "lam", "lr"):
                 if values.get(k, "") != "":
                     self.tb.add_scalar(f"{values['split']}/{k}", values[k], values["step"])
 
@@ -379,8 +411,10 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
                 if log:
                     log.row(step=run.step, epoch=run.epoch - 1, split="val", lam=run.damping.lam,
                             seconds=time.perf_counter() - t0, **scores)
+                    real = "".join(f"  {k} {scores[k]:.4g}" for k in ("real_ft", "real_val")
+                                   if k in scores)
                     bar.write(f"epoch {run.epoch - 1}: val_p {scores['val_p']:.4g}  "
-                              f"val_loss {scores['val_loss']:.4g}  lambda {run.damping.lam:.3g}")
+                              f"val_loss {scores['val_loss']:.4g}{real}  lambda {run.damping.lam:.3g}")
                 if monitored < run.best:
                     run.best = monitored
                     run.save("best.pt")
