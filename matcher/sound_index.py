@@ -97,6 +97,11 @@ class SoundIndex:
                              f"D = {emb.shape[1]}")
         self.nu = np.asarray(nu, dtype=np.float64)
         self.emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+        # Distances in float64 as |x|^2 - 2 x.q + |q|^2 with |x|^2 kept: one
+        # matrix-vector product (~2 ms for 20480 points on 2 loaded cores, where
+        # torch.cdist took ~30 ms and converting the table each query more).
+        self._emb64 = self.emb.double()
+        self._sq = (self._emb64 * self._emb64).sum(1)
         self.header = header
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)
         self.basis = None if basis is None else torch.as_tensor(basis, dtype=torch.float32)
@@ -234,14 +239,15 @@ class SoundIndex:
             approximation for ``pca``).
         """
         q = self.embed(phi).double()
-        emb, rows = self.emb, np.arange(len(self))
+        emb, sq, rows = self._emb64, self._sq, np.arange(len(self))
         if mask is not None:
             rows = np.flatnonzero(mask)
             if len(rows) == 0:
                 raise ValueError("sound index query: the mask allows no point")
-            emb = emb[torch.as_tensor(rows)]
+            emb, sq = emb[torch.as_tensor(rows)], sq[torch.as_tensor(rows)]
         k = min(int(k), len(rows))
-        d = torch.cdist(q, emb.double())                          # [B, K]
+        d2 = sq[None] - 2.0 * (q @ emb.T) + (q * q).sum(1, keepdim=True)    # [B, K]
+        d = d2.clamp(min=0.0).sqrt()
         dist, idx = torch.topk(d, k, dim=1, largest=False)
         return self.nu[rows[idx.numpy()]], dist.numpy()
 
