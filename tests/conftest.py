@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -113,6 +114,24 @@ class JackServer:
                                      f"ports: {ports}")
             time.sleep(0.02)
 
+    def wait_for_new_port(self, pattern: str, before: list[str], timeout: float = 5.0) -> str:
+        """The first port matching the regex ``pattern`` that was not in ``before``.
+
+        JACK renames a client whose name is taken (``PortAudio`` -> ``PortAudio-01``),
+        so a command's ports are found by what appeared, not by a fixed name.
+        """
+        regex, old = re.compile(pattern), set(before)
+        deadline = time.monotonic() + timeout
+        while True:
+            ports = self.ports()
+            new = [p for p in ports if p not in old and regex.fullmatch(p)]
+            if new:
+                return new[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no new JACK port matching {pattern!r} within {timeout} s; "
+                                     f"ports: {ports}")
+            time.sleep(0.02)
+
     def connect(self, source: str, destination: str) -> None:
         """``jack_connect source destination``; fails the test with jack's message."""
         r = _jack("jack_connect", source, destination)
@@ -180,6 +199,14 @@ def jack_server() -> Iterator[JackServer]:
                         f"it or restart it as `{' '.join(JACKD_CMD)}`", pytrace=False)
         yield server
     finally:
+        # sounddevice starts PortAudio at import; a test that imported it in this
+        # process (the API fuzz lists devices in-process) holds a JACK client that
+        # Pa_Terminate at exit must close while the server still runs, or it
+        # aborts the whole pytest process (pa_jack.c: Assertion `err == 0').
+        sd = sys.modules.get("sounddevice")
+        if sd is not None and server.process is not None:
+            while sd._initialized:
+                sd._terminate()
         if server.process is not None:
             _stop(server.process)
         if server.log_path is not None:

@@ -133,6 +133,7 @@ def _attempt(jack_server, midi_sender):
     duration = 0.5 + SPACING_S * len(SEQUENCE) + 1.0
     cmd = [sys.executable, "-m", "tympan_cli", "play", "--midi-api", "jack", "--midi-in",
            "virtual", "--blocksize", "256", "--seconds", "60", "--quiet"]
+    before = jack_server.ports()
     proc = subprocess.Popen(cmd, cwd=REPO, env=jack_server.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -147,7 +148,10 @@ def _attempt(jack_server, midi_sender):
         assert lat and int(lat.group(3)) == 12, first
         assert float(lat.group(1)) == pytest.approx(float(lat.group(2)) + 0.25, abs=0.11), first
         midi_port = jack_server.wait_for_port(match.group(1), timeout=10)
-        outputs = [jack_server.wait_for_port(f"PortAudio:out_{i}", timeout=30) for i in (0, 1)]
+        # Its PortAudio client: "PortAudio", or "PortAudio-NN" where that name is taken
+        # (an earlier attempt's client not yet gone, or one in this test process).
+        out0 = jack_server.wait_for_new_port(r"PortAudio(-\d+)?:out_0", before, timeout=30)
+        outputs = [out0, jack_server.wait_for_port(out0[:-1] + "1", timeout=30)]
         with Recorder(duration + 2.0) as rec:
             for i, port in enumerate(outputs):
                 jack_server.connect(port, f"tympan-rec:in_{i}")
