@@ -165,3 +165,16 @@ def test_a_fine_tuning_run_logs_both_halves_and_resumes_exactly(tmp_path):
     k = next(k for k in wb if wb[k].dtype.is_floating_point and wb[k].numel() > 100)
     assert (w0[k] - wb[k]).abs().max() < 1e-3 * wb[k].abs().max() + 1e-6
     assert np.isfinite(float(val[0]["val_loss"]))
+
+
+def test_fine_tuning_keeps_batch_norm_statistics_unless_told_not_to(tmp_path):
+    from training.trainer import _Run
+
+    hits = str(four_hits(tmp_path))
+    for freeze in (True, False):
+        run = _Run(tiny(tmp_path, hits=hits, batch=2, freeze_bn=freeze), 0, 1, torch.device("cpu"))
+        bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = [m.running_mean.clone() for m in bn]
+        run.train_step(run.train.ids[:4])
+        same = all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))
+        assert same == freeze

@@ -47,6 +47,9 @@ class FinetuneConfig:
         Render-to-recording distance of the perceptual term.
     init : str
         A ``.tympan`` model whose weights the run starts from ("": from scratch).
+    freeze_bn : bool
+        Keep batch norm in eval mode while training (its statistics stay the
+        initial model's; the usual choice when fine-tuning on small batches).
     """
 
     hits: str = ""
@@ -54,8 +57,11 @@ class FinetuneConfig:
     batch: int = 8
     distance: str = "mss"
     init: str = ""
+    freeze_bn: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze_bn, bool):
+            raise ValueError(f"[finetune] freeze_bn = {self.freeze_bn!r}: allowed true or false")
         if not isinstance(self.hits, str) or not isinstance(self.init, str):
             raise ValueError("[finetune] hits and init are paths (strings)")
         w = self.weight

@@ -251,6 +251,13 @@ class _Run:
 
     def train_step(self, ids: np.ndarray) -> float:
         self.net.train()
+        if self.real is not None and self.cfg.finetune.freeze_bn:
+            # Batch norm keeps the initial model's statistics: batches of 8 recorded hits
+            # beside augmented renders made the running statistics, and so every
+            # eval-mode prediction, drift (val_p 0.09 -> 1.22 over 400 steps unfrozen).
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         # Augmentation is seeded by the step and the rank: a resumed run sees the same batches.
         batch = self.renderer(ids, augment=(self.step, self.rank))
         nu_hat = self.predict(batch, self.net)
