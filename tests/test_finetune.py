@@ -108,7 +108,7 @@ def test_the_perceptual_term_is_in_the_step_and_descends_in_nu(tmp_path):
     assert len(run.real) == 4 and run.real.audio["validation"].shape == (2, 8192)
     # The step's loss is the supervised loss plus weight x the perceptual term.
     ids = run.train.ids[:4]
-    run.net.train()
+    run.train_mode()              # batch norm frozen, as in the step
     torch.manual_seed(5)          # dropout draws the same in both passes
     with torch.no_grad():
         batch = run.renderer(ids, augment=(0, 0))

@@ -249,7 +249,8 @@ class _Run:
             out = net(batch["x"])
         return full_nu(out.float(), batch["nu"], self.cfg.pitch_known)
 
-    def train_step(self, ids: np.ndarray) -> float:
+    def train_mode(self) -> None:
+        """The network in training mode (batch norm frozen when fine-tuning says so)."""
         self.net.train()
         if self.real is not None and self.cfg.finetune.freeze_bn:
             # Batch norm keeps the initial model's statistics: batches of 8 recorded hits
@@ -258,6 +259,9 @@ class _Run:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
+
+    def train_step(self, ids: np.ndarray) -> float:
+        self.train_mode()
         # Augmentation is seeded by the step and the rank: a resumed run sees the same batches.
         batch = self.renderer(ids, augment=(self.step, self.rank))
         nu_hat = self.predict(batch, self.net)
