@@ -310,3 +310,14 @@ def test_an_augmented_run_trains_and_resumes_exactly(tmp_path):
                         optim=replace(base.optim, epochs=2, max_steps=6)))
     c = load_checkpoint(clean / "last.pt")
     assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_rooms_do_not_start_portaudio():
+    # sounddevice starts PortAudio (a JACK client) at import; a training process must not.
+    import subprocess
+    import sys
+    code = ("import sys; from training.augment import room_bank; room_bank([0.2], 22050.0, 0, 4096); "
+            "import pyroomacoustics; print('sounddevice' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]

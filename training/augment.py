@@ -129,6 +129,27 @@ class AugmentConfig:
 # -- stages: pure functions on [B, N] float32 tensors --------------------------------
 
 
+def _pyroomacoustics() -> Any:
+    """pyroomacoustics, imported without its optional sounddevice.
+
+    sounddevice starts PortAudio at import, which registers a client with any
+    running JACK server; a training process then held one for its lifetime and
+    aborted at exit when that server had gone (pa_jack.c, Assertion err == 0).
+    Rooms need no audio device.
+    """
+    import sys
+
+    if "sounddevice" in sys.modules or "pyroomacoustics" in sys.modules:
+        import pyroomacoustics
+        return pyroomacoustics
+    sys.modules["sounddevice"] = None           # makes its optional import fail
+    try:
+        import pyroomacoustics
+    finally:
+        del sys.modules["sounddevice"]
+    return pyroomacoustics
+
+
 def room_bank(rt60: Sequence[float], sr: float, seed: int, max_len: int) -> torch.Tensor:
     """Shoebox room impulse responses, one per RT60, ``[R, L]`` float32, L <= ``max_len``.
 
@@ -137,8 +158,7 @@ def room_bank(rt60: Sequence[float], sr: float, seed: int, max_len: int) -> torc
     Sabine's formula (``pyroomacoustics.inverse_sabine``). Each response is
     scaled so that its direct sound (its largest tap) is 1: the dry level stays.
     """
-    import pyroomacoustics as pra
-
+    pra = _pyroomacoustics()
     rng = np.random.default_rng([seed, 4241])
     out = []
     for t in rt60:
