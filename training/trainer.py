@@ -182,24 +182,18 @@ class _Run:
             if self.main and world > 1:
                 dist.barrier()
         self.phi = None
-        if cfg.loss == "jtfs":
+        if cfg.loss == "jtfs" or (cfg.finetune.active and cfg.finetune.distance == "jtfs"):
             from matcher.jtfs import JTFS
             self.phi = JTFS(cfg.jtfs_config()).to(device).phi
         self.real: RealHits | None = None
         if cfg.finetune.active:
             self.real = RealHits(cfg.finetune, cfg.data.sr, cfg.data.n_samples,
                                  self.renderer.features, self.renderer.render_nu,
-                                 self.phi or self._jtfs(cfg), cfg.seed)
+                                 self.phi, cfg.seed)
             if cfg.finetune.init:
                 self._init_from(cfg.finetune.init)
         self.step, self.epoch, self.next_batch, self.best = 0, 0, 0, math.inf
         self.total_steps = self._total_steps()
-
-    def _jtfs(self, cfg: TrainConfig) -> Any:
-        if cfg.finetune.distance != "jtfs":
-            return None
-        from matcher.jtfs import JTFS
-        return JTFS(cfg.jtfs_config()).to(self.device).phi
 
     def _init_from(self, path: str) -> None:
         """Start from an exported model's weights (a resume then restores its own)."""
