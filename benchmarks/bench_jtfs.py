@@ -15,7 +15,7 @@ thread count (``--threads``, default 2) in Tympan and in the reference's child p
 1. JTFS forward per sound, batches 1 and 4: ``JTFS(cfg)(x)`` under ``inference_mode`` (best
    of several runs after a warm-up) against ``tests/jtfs_reference.reference_jtfs`` (best of
    its repeats; process start-up and filter build excluded).
-2. M per sound: ``training.metric.metric(nu, twin, JTFS(cfg).phi)`` (forward-mode Jacobian
+2. M per sound: ``matcher.metric.metric(nu, twin, JTFS(cfg).phi)`` (forward-mode Jacobian
    ``[P, 5]``, then ``J^T J``), batches 1 and 4, against ``reference_jacobian_time`` (Jacobian
    of ``log1p(S / 1e-3)`` of the same twin, one sound: it loops sound by sound, so its time
    per sound is the same for any batch; ``J^T J`` adds microseconds). Past ``--ref-timeout``
@@ -49,7 +49,7 @@ from jtfs_reference import JAC_MODES, reference_jacobian_time, reference_jtfs  #
 
 from matcher.jtfs import JTFS, JTFSConfig  # noqa: E402
 from synth.twin import MembraneTwin  # noqa: E402
-from training.metric import metric  # noqa: E402
+from matcher.metric import metric  # noqa: E402
 
 SR = 22050.0
 QUICK = JTFSConfig(N=2**13, J=9, Q1=8, J_fr=3, F=16)   # the reference accepts it (N_fr = 144)

@@ -169,7 +169,7 @@ class CQTGraph(nn.Module):
 class WaveformEncoder(nn.Module):
     """Peak-normalized audio ``[B, N]`` -> encoder output ``[B, K]``: CQT, log1p, network.
 
-    The graph that :func:`matcher.onnx_model.export_onnx` writes.
+    The graph that :func:`matcher.onnx_export.export_onnx` writes.
     """
 
     def __init__(self, encoder: Encoder, cfg: FeatureConfig):

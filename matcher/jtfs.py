@@ -114,9 +114,10 @@ class JTFSConfig:
         return 2**self.J if self.T == "global" else int(self.T)
 
     @classmethod
-    def reference(cls) -> "JTFSConfig":
-        """Tympan's reference: 22050 Hz, 2**16 samples, J=13, Q=(12, 1), Q_fr=1, F=2 octaves."""
-        return cls()
+    def reference(cls, n_samples: int = 2**16, sr: float = 22050.0) -> "JTFSConfig":
+        """Tympan's reference (J=13, Q=(12, 1), Q_fr=1, F=2 octaves) for ``n_samples``-long
+        input at ``sr`` Hz (default 2**16 samples at 22050 Hz)."""
+        return cls(N=n_samples, sr=sr)
 
 
 def _fold(h: np.ndarray, k: int) -> np.ndarray:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
@@ -317,7 +317,7 @@ class Matcher:
         self.audio_config = AudioConfig(sr=float(fc.sr), n_samples=int(fc.n_samples))
         self.twin = MembraneTwin(float(fc.sr), int(fc.n_samples)).to(self.device)
         try:
-            self.jtfs_config = replace(JTFSConfig.reference(), N=int(fc.n_samples), sr=float(fc.sr))
+            self.jtfs_config = JTFSConfig.reference(int(fc.n_samples), float(fc.sr))
         except ValueError as err:
             raise ValueError(f"{path}: model length {fc.n_samples} samples does not fit the "
                              f"reference JTFS ({err})") from None

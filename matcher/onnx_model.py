@@ -11,7 +11,7 @@ cores); a native plugin shell can load the same file.
 The graph's metadata (``metadata_props``, key ``"tympan"``: one JSON document)
 names the format and version, the sha256 of the ``.tympan`` it was built from,
 the feature configuration, the output size and the agreement with torch
-measured at export. :class:`OnnxEncoder` checks them on load, so a graph left
+measured at export (:mod:`matcher.onnx_export` writes it). :class:`OnnxEncoder` checks them on load, so a graph left
 from another model, another configuration, or a damaged file is one clear
 error instead of wrong parameters. Rebuild with
 ``tympan train export-onnx MODEL.tympan`` (``make default-onnx`` for the
@@ -20,12 +20,8 @@ shipped model).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +29,8 @@ import numpy as np
 
 from .features import FeatureConfig
 
-__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "TOLERANCE", "OnnxEncoder", "export_onnx",
-           "file_sha256", "onnx_path"]
+__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "OPSET", "TOLERANCE", "OnnxEncoder", "file_sha256",
+           "onnx_path"]
 
 ONNX_FORMAT = "tympan-encoder-onnx"
 ONNX_VERSION = 1
@@ -57,15 +53,6 @@ def file_sha256(path: str | Path) -> str:
 
 def _rebuild(model_path: Path) -> str:
     return f"rebuild it with 'tympan train export-onnx {model_path}' or delete it"
-
-
-def _example_audio(cfg: FeatureConfig, batch: int = 2) -> np.ndarray:
-    """Decaying noise bursts, peak 1 (the export's trace and agreement check)."""
-    rng = np.random.default_rng(0)
-    t = np.arange(cfg.n_samples) / cfg.sr
-    decay = np.geomspace(0.05, 1.0, batch)[:, None]                    # seconds
-    x = rng.standard_normal((batch, cfg.n_samples)) * np.exp(-t / decay)
-    return (x / np.abs(x).max(-1, keepdims=True)).astype(np.float32)
 
 
 class OnnxEncoder:
@@ -141,73 +128,3 @@ class OnnxEncoder:
             raise ValueError(f"audio has shape {tuple(x.shape)}: expected [B, {n}] or [{n}] "
                              f"samples at {self.features.sr:g} Hz")
         return self.session.run(None, {self.input_name: x})[0]
-
-
-@contextlib.contextmanager
-def _quiet(logger: str):
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def export_onnx(model: str | Path, out: str | Path | None = None) -> Path:
-    """Write the encoder-only graph of the ``.tympan`` ``model``; returns the ``.onnx`` path.
-
-    ``out`` defaults to :func:`onnx_path` (where :class:`~matcher.model.MatcherModel`
-    looks). The graph is run on ONNX Runtime and
-    compared with the torch path before it is written; a difference above
-    :data:`TOLERANCE` in nu is a ValueError. Needs ``onnx`` and ``onnxscript``.
-    """
-    try:
-        import onnx
-        import onnxruntime as ort
-        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
-    except ImportError as err:
-        raise ValueError(f"writing the ONNX graph needs onnx, onnxscript and onnxruntime "
-                         f"({err}); install them, or export with --no-onnx") from None
-    import torch
-
-    from synth.export import atomic_write
-
-    from .cqt_graph import WaveformEncoder
-    from .model import MatcherModel
-
-    model = Path(model)
-    out = onnx_path(model) if out is None else Path(out)
-    m = MatcherModel.load(model, backend="torch")
-    graph = WaveformEncoder(m.encoder, m.feature_config).eval()
-    audio = _example_audio(m.feature_config, 3)
-    example = torch.from_numpy(audio[:2])
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch"):
-        warnings.simplefilter("ignore")    # the exporter's progress lines and notices
-        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=OPSET,
-                                    input_names=["audio"], output_names=["nu"],
-                                    dynamic_shapes={"audio": {0: batch}}, external_data=False)
-    proto = program.model_proto
-    with torch.no_grad():
-        ref = m.encoder(m.features(torch.from_numpy(audio))[:, None]).numpy()
-    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]
-                               ).run(None, {"audio": audio})[0]
-    diff = float(np.abs(got - ref).max())
-    if not diff <= TOLERANCE:
-        raise ValueError(f"the ONNX graph of {model} disagrees with torch by {diff:.2e} in nu "
-                         f"(allowed {TOLERANCE:g}); not written")
-    info = {"format": ONNX_FORMAT, "version": ONNX_VERSION, "model_file": model.name,
-            "model_sha256": file_sha256(model), "features": m.feature_config.to_dict(),
-            "pitch_known": m.pitch_known, "outputs": int(ref.shape[1]),
-            "input": {"name": "audio", "shape": ["batch", m.feature_config.n_samples],
-                      "dtype": "float32", "peak_normalized": True},
-            "output": {"name": "nu", "range": [-1, 1]},
-            "export_max_abs_nu_diff": diff,
-            "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__}
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "tympan", json.dumps(info)
-    proto.producer_name = "tympan"
-    onnx.checker.check_model(proto)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda f: f.write(proto.SerializeToString()))

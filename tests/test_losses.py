@@ -12,7 +12,7 @@ from matcher.jtfs import JTFS, JTFSConfig
 from synth.twin import MembraneTwin
 from training.damping import Damping, damped_metric, make_damping
 from training.losses import jtfs_loss, p_loss, pnp_loss, spectral_loss
-from training.metric import metric
+from matcher.metric import metric
 
 
 def batch(b: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """The metric M = J^T J by forward mode, and its sharded, resumable precompute job.
 
 A short twin (2048 samples at 22050 Hz) and the stand-in Phi (a fixed random map
-of a log STFT, :class:`training.metric.StftTestPhi`) keep this fast; the real
+of a log STFT, :class:`matcher.metric.StftTestPhi`) keep this fast; the real
 JTFS goes through the same code.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from synth.twin import MembraneTwin
 from training import cli
-from training.metric import StftTestPhi, jacobian, metric
+from matcher.metric import StftTestPhi, jacobian, metric
 from training.metric_job import MetricJob, load_metric, merge_metric, run_metric
 from training.protocol import Protocol
 
@@ -168,6 +168,65 @@ def test_a_subset_job_computes_the_cells_a_run_of_that_size_trains_on(tmp_path, 
     assert "subset" not in small_job().header()           # older headers are unchanged
     with pytest.raises(ValueError, match="subset = -1: allowed integers >= 0"):
         small_job(subset=-1)
+
+
+def test_compact_merge_is_float32_with_a_checked_sha256(tmp_path):
+    import hashlib
+    from dataclasses import replace
+
+    from training.config import load_config
+    from training.data import MetricTable, Split
+    from training.metric_job import sha256_path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "pnp.toml")
+    cfg = replace(cfg, data=replace(cfg.data, n_train=6),
+                  metric=replace(cfg.metric, dir=str(tmp_path), compute_missing=False))
+    ids = Split(cfg, "train", 6).ids
+    job = MetricJob("train", cfg.data.protocol, 4, None, "float64", "stft-test", n_samples=8192,
+                    subset=6)
+    run_metric(job, tmp_path, progress=False)
+    full = load_metric(merge_metric("train", tmp_path))
+    assert not sha256_path(tmp_path / "metric-train.npz").exists()
+    path = merge_metric("train", tmp_path, compact=True)
+    small = load_metric(path)
+    assert small["M"].dtype == np.float32 and small["cell_ids"].dtype == np.int64
+    assert small["header"]["stored"] == "float32"
+    np.testing.assert_allclose(small["M"], full["M"], rtol=1e-6, atol=1e-6 * np.abs(full["M"]).max())
+    digest, name = sha256_path(path).read_text().split()
+    assert name == path.name and digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    table = MetricTable(cfg, "train", ids)
+    np.testing.assert_allclose(table.M.numpy(), full["M"], rtol=1e-6,
+                               atol=1e-6 * np.abs(full["M"]).max())
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF                                   # one flipped byte in the archive
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its sha256 in metric-train.npz.sha256"):
+        MetricTable(cfg, "train", ids)
+    merge_metric("train", tmp_path)                     # a plain merge drops the stale sum
+    assert not sha256_path(path).exists()
+    MetricTable(cfg, "train", ids)
+
+
+def test_the_committed_cpu_metric_matches_its_sha256_and_the_cpu_runs():
+    from training.config import load_config
+    from training.data import MetricTable, Split
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "cpu" / "pnp-aug.toml")
+    cfg = replace_metric_dir(cfg, root / cfg.metric.dir)
+    for split, k in (("train", cfg.data.n_train), ("val", cfg.data.n_val)):
+        table = MetricTable(cfg, split, Split(cfg, split, k).ids)   # checks the sha256
+        assert table.M.shape == (k, 5, 5) and bool(torch.isfinite(table.M).all())
+        # symmetric positive semi-definite, as J^T J is
+        assert float((table.M - table.M.transpose(1, 2)).abs().max()) <= 1e-3 * float(
+            table.M.abs().max())
+        assert float(torch.linalg.eigvalsh(table.M.double()).min()) >= -1e-3 * float(
+            table.M.abs().max())
+
+
+def replace_metric_dir(cfg, path):
+    from dataclasses import replace
+    return replace(cfg, metric=replace(cfg.metric, dir=str(path)))
 
 
 def test_torchrun_env_picks_the_share(tmp_path):

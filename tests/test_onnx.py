@@ -25,7 +25,8 @@ from matcher.audio import AudioConfig, load_hit  # noqa: E402
 from matcher.cqt_graph import CQTGraph  # noqa: E402
 from matcher.features import CQTFeatures, FeatureConfig  # noqa: E402
 from matcher.model import DEFAULT_MODEL, MatcherModel  # noqa: E402
-from matcher.onnx_model import TOLERANCE, export_onnx, onnx_path  # noqa: E402
+from matcher.onnx_export import export_onnx  # noqa: E402
+from matcher.onnx_model import TOLERANCE, onnx_path  # noqa: E402
 from synth.params import theta_to_nu  # noqa: E402
 from synth.twin import MembraneTwin  # noqa: E402
 from synth.voice import DrumVoice  # noqa: E402

@@ -142,7 +142,8 @@ def load_plan(path: str | Path) -> Plan:
     if "metric" in raw:
         metric = _table(raw, "metric", MetricPlan, str(path))
         metric = replace(metric, splits=tuple(metric.splits))
-        from .metric_job import DTYPES, PHIS
+        from .metric_job import DTYPES
+        from .phi import PHIS
         if metric.phi not in PHIS or metric.dtype not in DTYPES:
             raise ValueError(f"{path}: [metric] phi {metric.phi!r} / dtype {metric.dtype!r}; "
                              f"allowed phi {', '.join(PHIS)}, dtype {', '.join(DTYPES)}")

@@ -20,7 +20,7 @@ from matcher.features import FeatureConfig
 from .augment import AugmentConfig
 from .damping import make_damping
 from .finetune import FinetuneConfig
-from .metric_job import PHIS
+from .phi import PHIS
 from .protocol import Protocol
 
 __all__ = ["LOSSES", "TrainConfig", "DataConfig", "OptimConfig", "MetricConfig",
@@ -178,7 +178,7 @@ class TrainConfig:
         unknown = sorted(set(self.jtfs) - known)
         if unknown:
             raise ValueError(f"[jtfs] unknown keys {unknown}; allowed: {sorted(known)}")
-        base = replace(JTFSConfig.reference(), N=self.data.n_samples, sr=self.data.sr)
+        base = JTFSConfig.reference(self.data.n_samples, self.data.sr)
         return replace(base, **self.jtfs)
 
     def to_dict(self) -> dict[str, Any]:

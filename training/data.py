@@ -25,9 +25,11 @@ from synth.twin import MembraneTwin, clamp_nu
 
 from .augment import Augmenter
 from .config import TrainConfig
+from .metric_job import check_sha256, sha256_path
+from .phi import build_phi
 from .shards import atomic_savez, json_array
 
-__all__ = ["Split", "Renderer", "MetricTable", "make_phi"]
+__all__ = ["Split", "Renderer", "MetricTable", "run_phi"]
 
 
 class Split:
@@ -109,9 +111,8 @@ class Renderer(torch.nn.Module):
         return self.twin.from_nu(clamp_nu(nu_hat))
 
 
-def make_phi(cfg: TrainConfig, device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def run_phi(cfg: TrainConfig, device: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The representation of the run's metric (``cfg.metric.phi``) on ``device``."""
-    from .metric import build_phi
     return build_phi(cfg.metric.phi, cfg.data.n_samples, cfg.jtfs_config, device)
 
 
@@ -145,6 +146,7 @@ class MetricTable:
             protocol = cfg.data.protocol
             atomic_savez(self.path, cell_ids=ids, nu=protocol.nu(ids), theta=protocol.theta(ids),
                          M=M, eigvals=np.linalg.eigvalsh(M), header=json_array(header))
+            sha256_path(self.path).unlink(missing_ok=True)     # the sum was the old file's
         self.ids = ids
         self.M = torch.as_tensor(M, dtype=torch.float32)
 
@@ -162,6 +164,7 @@ class MetricTable:
     def _read(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         if not self.path.exists():
             return np.zeros(0, np.int64), np.zeros((0, 5, 5)), {}
+        check_sha256(self.path)
         try:
             with np.load(self.path, allow_pickle=False) as f:
                 ids, M, header = f["cell_ids"], f["M"], json.loads(str(f["header"]))
@@ -176,9 +179,9 @@ class MetricTable:
     def _compute(self, cfg: TrainConfig, ids: np.ndarray, device: Any, progress: bool) -> np.ndarray:
         from tqdm import tqdm
 
-        from .metric import metric
+        from matcher.metric import metric
         twin = MembraneTwin(cfg.data.sr, cfg.data.n_samples).to(device)
-        phi = make_phi(cfg, device)
+        phi = run_phi(cfg, device)
         nu = cfg.data.protocol.nu(ids)
         out = []
         with tqdm(total=len(ids), unit="sound", desc="metric", disable=not progress) as bar:

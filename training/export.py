@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
-from matcher.onnx_model import export_onnx, onnx_path
+from matcher.onnx_export import export_onnx
+from matcher.onnx_model import onnx_path
 from synth.export import atomic_write
 from synth.params import PARAMS
 

@@ -37,16 +37,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from matcher.onnx_model import file_sha256
+from synth.export import atomic_write
+
 from .cli import OneLineParser
+from .phi import PHIS, build_phi
 from .protocol import SPLITS, Protocol
 from .shards import (atomic_savez, check_header, claim_header, json_array, remove_stale,
                      writable_dir)
 
-__all__ = ["MetricJob", "load_metric", "merge_metric", "merge_main", "metric_main",
-           "parse_shard", "run_metric"]
+__all__ = ["MetricJob", "check_sha256", "load_metric", "merge_metric", "merge_main",
+           "metric_main", "parse_shard", "run_metric", "sha256_path"]
 
 FORMAT, VERSION = "tympan-metric", 1
-PHIS = ("jtfs", "stft-test")
 DTYPES = ("float32", "float64")
 _ARRAYS = ("cell_ids", "nu", "theta", "M", "eigvals")
 
@@ -182,14 +185,14 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
 
     from synth.twin import MembraneTwin
 
-    from .metric import metric
+    from matcher.metric import metric
 
     index, count, local_rank = _worker(shard, os.environ if env is None else env)
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch = {batch!r}: allowed integers >= 1 (sounds per pass)")
     dev = _device(device, local_rank)
     if phi is None:
-        phi = make_phi(job, dev)
+        phi = job_phi(job, dev)
     split_dir = writable_dir(Path(out)) / job.split
     split_dir.mkdir(exist_ok=True)
     claim_header(split_dir / "job.json", job.header())
@@ -225,22 +228,22 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
     return done
 
 
-def make_phi(job: MetricJob, device: Any) -> Callable:
-    """Build the representation named by ``job.phi`` on ``device``: the reference
-    JTFS configuration at the job's length and rate (smoke runs shorten N)."""
-    from dataclasses import replace
-
+def job_phi(job: MetricJob, device: Any) -> Callable:
+    """The representation named by ``job.phi`` on ``device``: the reference JTFS
+    configuration at the job's length and rate (smoke runs shorten N)."""
     from matcher.jtfs import JTFSConfig
 
-    from .metric import build_phi
-
     return build_phi(job.phi, job.n_samples,
-                     lambda: replace(JTFSConfig.reference(), N=job.n_samples, sr=job.sr), device)
+                     lambda: JTFSConfig.reference(job.n_samples, job.sr), device)
 
 
-def merge_metric(split: str, out: str | Path) -> Path:
+def merge_metric(split: str, out: str | Path, compact: bool = False) -> Path:
     """Check that all of a split's shards are finished; write ``OUT/metric-{split}.npz``.
 
+    With ``compact`` the arrays are stored as float32 (cell ids stay int64) and
+    the file's sha256 is written beside it (``metric-{split}.npz.sha256``,
+    ``sha256sum`` format), which :class:`training.data.MetricTable` checks on
+    load: the form to commit, so that no later run recomputes ``M``.
     Raises ValueError naming the missing (or unreadable) shards. Returns the path.
     """
     if split not in SPLITS:
@@ -267,8 +270,37 @@ def merge_metric(split: str, out: str | Path) -> Path:
     if np.any(np.diff(merged["cell_ids"]) <= 0):
         raise ValueError(f"split {split!r}: shards in {split_dir} repeat cell ids")
     path = Path(out) / f"metric-{split}.npz"
-    atomic_savez(path, **merged, header=json_array(job.header()))
+    header = job.header()
+    if compact:
+        merged = {k: v if k == "cell_ids" else v.astype(np.float32) for k, v in merged.items()}
+        header["stored"] = "float32"
+    atomic_savez(path, **merged, header=json_array(header))
+    sidecar = sha256_path(path)
+    if compact:
+        digest = file_sha256(path)
+        atomic_write(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    elif sidecar.exists():
+        sidecar.unlink()          # a stale sum beside a rewritten file would be a false alarm
     return path
+
+
+def sha256_path(path: str | Path) -> Path:
+    """Where a compact metric file's sha256 lives: ``NAME.npz.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def check_sha256(path: str | Path) -> None:
+    """Raise ValueError when ``path`` has a sha256 beside it that its bytes do not match."""
+    sidecar = sha256_path(path)
+    if not sidecar.exists():
+        return
+    want = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
+    got = file_sha256(path)
+    if got != want:
+        raise ValueError(f"{path} does not match its sha256 in {sidecar.name} (file {got[:12]}..., "
+                         f"expected {want[:12]}...): the metric file is damaged or was replaced; "
+                         "restore it from git or merge it again")
 
 
 def load_metric(path: str | Path) -> dict[str, Any]:
@@ -401,8 +433,12 @@ def merge_main(argv: Sequence[str]) -> int:
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="the directory given to 'tympan train metric'")
+    parser.add_argument("--compact", action="store_true",
+                        help="store float32 and write the file's sha256 beside it (to commit)")
     args = parser.parse_args(argv)
-    path = merge_metric(args.split, args.out)
+    path = merge_metric(args.split, args.out, compact=args.compact)
     n = len(load_metric(path)["cell_ids"])
-    print(f"wrote {path}: {n} sounds of split {args.split!r}")
+    size = path.stat().st_size / 1e6
+    print(f"wrote {path}: {n} sounds of split {args.split!r}, {size:.2f} MB"
+          + (f", sha256 in {sha256_path(path).name}" if args.compact else ""))
     return 0

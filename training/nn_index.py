@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 from matcher.cli import OneLineParser
@@ -39,7 +38,7 @@ def nn_index_main(argv: Sequence[str]) -> int:
     if args.limit and args.limit < len(ids):
         rng = np.random.default_rng([args.protocol_seed, 104729])
         ids = np.sort(rng.choice(ids, size=args.limit, replace=False))
-    cfg = replace(JTFSConfig.reference(), N=args.n_samples, sr=args.sr)
+    cfg = JTFSConfig.reference(args.n_samples, args.sr)
     index = SoundIndex.build(protocol.nu(ids), cfg, device=args.device, progress=not args.quiet,
                           source=f"protocol seed {args.protocol_seed}, split {args.split}, "
                                  f"{len(ids)} cells")

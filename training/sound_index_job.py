@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 from matcher.cli import OneLineParser
@@ -37,7 +36,7 @@ def sound_index_main(argv: Sequence[str]) -> int:
     from matcher.jtfs import JTFSConfig
     from matcher.sound_index import build_dense
 
-    cfg = replace(JTFSConfig.reference(), N=args.n_samples, sr=args.sr)
+    cfg = JTFSConfig.reference(args.n_samples, args.sr)
     index = build_dense(args.out, cfg, size=args.size, dims=args.dims, seed=args.seed,
                         batch=args.batch, device=args.device, progress=not args.quiet)
     print(f"wrote {args.out}: {len(index)} sounds, {index.dims} principal axes "
