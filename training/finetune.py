@@ -46,7 +46,8 @@ class FinetuneConfig:
     distance : {"mss", "jtfs"}
         Render-to-recording distance of the perceptual term.
     init : str
-        A ``.tympan`` model whose weights the run starts from ("": from scratch).
+        A ``.tympan`` model whose weights the run starts from ("": from scratch); also
+        honoured when ``hits`` is empty (a supervised run from a shipped model).
     freeze_bn : bool
         Keep batch norm in eval mode while training (its statistics stay the
         initial model's; the usual choice when fine-tuning on small batches).

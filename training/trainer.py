@@ -190,8 +190,10 @@ class _Run:
             self.real = RealHits(cfg.finetune, cfg.data.sr, cfg.data.n_samples,
                                  self.renderer.features, self.renderer.render_nu,
                                  self.phi, cfg.seed)
-            if cfg.finetune.init:
-                self._init_from(cfg.finetune.init)
+        if cfg.finetune.init:
+            # Also without recorded hits: a supervised run (say PNP with augmentation) may
+            # start from the shipped model's weights.
+            self._init_from(cfg.finetune.init)
         self.step, self.epoch, self.next_batch, self.best = 0, 0, 0, math.inf
         self.total_steps = self._total_steps()
 
