@@ -34,7 +34,8 @@ LOSSES = ("p", "pnp", "mss", "jtfs")
 def _metric_file(cfg, dirname: Path) -> None:
     """A random SPD metric for every train and val cell of the run (timing stand-in)."""
     from training.data import Split
-    from training.shards import atomic_savez, json_array
+    from synth.files import atomic_savez
+    from training.shards import json_array
 
     rng = np.random.default_rng(0)
     for split, limit in (("train", cfg.data.n_train), ("val", cfg.data.n_val)):

@@ -169,7 +169,8 @@ def _match_folder(args: argparse.Namespace) -> int:
     a table and a JSON summary. Exit 0 if all matched, 1 if some failed."""
     from tqdm import tqdm
 
-    from synth.export import atomic_write, write_audio
+    from synth.export import write_audio
+    from synth.files import atomic_write
 
     from .audio import AudioError
     from .match import Matcher

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .features import FeatureConfig
-from .onnx_model import ONNX_FORMAT, ONNX_VERSION, OPSET, TOLERANCE, file_sha256, onnx_path
+from synth.files import file_sha256
+
+from .onnx_model import ONNX_FORMAT, ONNX_VERSION, OPSET, TOLERANCE, onnx_path
 
 __all__ = ["export_onnx"]
 
@@ -59,7 +61,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None) -> Path:
                          f"({err}); install them, or export with --no-onnx") from None
     import torch
 
-    from synth.export import atomic_write
+    from synth.files import atomic_write
 
     from .cqt_graph import WaveformEncoder
     from .model import MatcherModel

@@ -20,17 +20,17 @@ shipped model).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synth.files import file_sha256
+
 from .features import FeatureConfig
 
-__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "OPSET", "TOLERANCE", "OnnxEncoder", "file_sha256",
-           "onnx_path"]
+__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "OPSET", "TOLERANCE", "OnnxEncoder", "onnx_path"]
 
 ONNX_FORMAT = "tympan-encoder-onnx"
 ONNX_VERSION = 1
@@ -41,14 +41,6 @@ TOLERANCE = 1e-4          # max |nu| difference to torch accepted at export
 def onnx_path(model_path: str | Path) -> Path:
     """Where the graph of ``model_path`` lives: beside it, suffix ``.onnx``."""
     return Path(model_path).with_suffix(".onnx")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _rebuild(model_path: Path) -> str:

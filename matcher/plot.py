@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synth.export import atomic_write
+from synth.files import atomic_write
 
 __all__ = ["plot_match", "save_figure"]
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from synth.export import atomic_write
+from synth.files import atomic_write
 from synth.twin import MembraneTwin
 
 from .jtfs import JTFS, JTFSConfig

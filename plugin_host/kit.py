@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.export import atomic_write
+from synth.files import atomic_write
 from synth.params import NAMES, DrumParams, ParameterError
 
 __all__ = ["CCMapping", "Kit", "KitError", "Pad", "Tracking", "VelocityCurve",

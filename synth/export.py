@@ -1,9 +1,8 @@
-"""Write files atomically: rendered hits (pedalboard's writer) and any other file.
+"""Write rendered hits as audio files (pedalboard's writer), atomically.
 
-A file goes to a temporary file beside the destination and is renamed over
-it only when complete, so an interrupted or failed write never leaves a
-truncated file or destroys an existing one. :func:`atomic_write` is the
-general form every Tympan writer uses (models, checkpoints, reports, plots).
+The format and bit depth are checked before any work (:func:`check_destination`);
+the file is written through :func:`synth.files.atomic_write`, so an interrupted
+write never leaves a truncated file or destroys an existing one.
 """
 
 from __future__ import annotations
@@ -16,34 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["AudioWriteError", "FORMATS", "atomic_write", "check_destination", "write_audio"]
+from .files import atomic_write
 
-# The process umask, read once (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> Path:
-    """Write ``path`` whole or not at all; ``write(f)`` fills the binary file ``f``.
-
-    The temporary file ``.NAME.*.tmp`` lives beside ``path``, is synced, gets
-    the permissions a plain ``open`` would give (not mkstemp's 0600), and is
-    removed if ``write`` fails. Returns ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+__all__ = ["AudioWriteError", "FORMATS", "check_destination", "write_audio"]
 
 # Extension -> bit depths the format accepts (None: lossy, depth not applicable).
 FORMATS: dict[str, tuple[int, ...] | None] = {

@@ -30,7 +30,6 @@ campaign-report`` turns it into ``docs/results.md``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -46,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from synth.export import atomic_write
+from synth.files import atomic_savez, atomic_write, atomic_write_text, file_sha256
 
 from .cli import OneLineParser
 from .protocol import SPLITS
@@ -206,13 +205,6 @@ class State:
         atomic_write(self.root / STATE_FILE, lambda f: f.write(text.encode()))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _hardware(device: str) -> dict[str, Any]:
     import os
@@ -270,10 +262,9 @@ def _metric_stage(plan: MetricPlan, split: str, state: State, device: str, clock
     with np.load(full, allow_pickle=False) as f:
         ids, M, header = f["cell_ids"], f["M"], f["header"]
     # What MetricTable reads; float32 is the precision training uses anyway.
-    atomic_write(out, lambda f: np.savez(f, cell_ids=ids.astype(np.int64),
-                                          M=M.astype(np.float32), header=header))
-    info.update(status="done", sha256_full=_sha256(full), bytes_full=full.stat().st_size,
-                sha256=_sha256(out), bytes=out.stat().st_size, file=str(out.relative_to(state.root)))
+    atomic_savez(out, cell_ids=ids.astype(np.int64), M=M.astype(np.float32), header=header)
+    info.update(status="done", sha256_full=file_sha256(full), bytes_full=full.stat().st_size,
+                sha256=file_sha256(out), bytes=out.stat().st_size, file=str(out.relative_to(state.root)))
     shutil.rmtree(work / split)
     full.unlink()
     return info
@@ -409,7 +400,7 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
     cut = "" if len(epochs) >= sized.optim.epochs else \
         f"\nOn the GPU the max_seconds backstop stopped it after {steps} steps."
     (state.root / "configs").mkdir(exist_ok=True)
-    (state.root / "configs" / f"{run.name}.toml").write_text(toml_text(
+    atomic_write_text(state.root / "configs" / f"{run.name}.toml", toml_text(
         reproduce.to_dict(), f"Run '{run.name}' as the GPU campaign ran it (from {run.config}, "
         f"sized to {run.budget_s:g} s).{cut}\ntympan train fit --config THIS_FILE"))
     ck = load_checkpoint(run_dir / "best.pt")
@@ -437,7 +428,7 @@ def _run_stage(run: RunPlan, state: State, device: str, half: bool, progress: bo
         from matcher.model import MatcherModel
         MatcherModel.load(path)        # it must load before it counts
         state.data["best"] = {"run": run.name, "jtfs_mean": info["jtfs_mean"],
-                              "sha256": _sha256(path), "bytes": path.stat().st_size,
+                              "sha256": file_sha256(path), "bytes": path.stat().st_size,
                               "half": half}
         info["exported"] = True
     # Probe, set-up and export: what a call must allow beyond fitting and evaluation.
@@ -615,13 +606,13 @@ def pack(state_dir: str | Path, out: str | Path, log: str | None = None) -> list
     files = []
     for i, part in enumerate(parts):
         path = out / f"state.tgz.{i:02d}"
-        path.write_bytes(part)
+        atomic_write(path, lambda f, part=part: f.write(part))
         files.append(path)
     model = state_dir / "export" / MODEL
     if model.exists():
         files.append(Path(shutil.copy2(model, out / MODEL)))
     if log is not None:
-        (out / LOG).write_text(log)
+        atomic_write_text(out / LOG, log)
         files.append(out / LOG)
     return files
 

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from matcher.features import CQTFeatures
+from synth.files import atomic_savez
 from synth.twin import MembraneTwin, clamp_nu
 
 from .augment import Augmenter
 from .config import TrainConfig
 from .metric_job import check_sha256, sha256_path
 from .phi import build_phi
-from .shards import atomic_savez, json_array
+from .shards import json_array
 
 __all__ = ["Split", "Renderer", "MetricTable", "run_phi"]
 

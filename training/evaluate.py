@@ -28,7 +28,7 @@ import torch
 from matcher.distances import jtfs_distance, multiscale_spectral_distance
 from matcher.encoder import Encoder
 from matcher.plot import save_figure
-from synth.export import atomic_write
+from synth.files import atomic_write
 from synth.params import PARAMS, nu_to_theta
 
 from .cli import OneLineParser

@@ -24,7 +24,7 @@ import torch
 from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
 from matcher.onnx_export import export_onnx
 from matcher.onnx_model import onnx_path
-from synth.export import atomic_write
+from synth.files import atomic_write
 from synth.params import PARAMS
 
 from .cli import OneLineParser

@@ -37,14 +37,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from matcher.onnx_model import file_sha256
-from synth.export import atomic_write
+from synth.files import atomic_savez, atomic_write, file_sha256, remove_stale
 
 from .cli import OneLineParser
 from .phi import PHIS, build_phi
 from .protocol import SPLITS, Protocol
-from .shards import (atomic_savez, check_header, claim_header, json_array, remove_stale,
-                     writable_dir)
+from .shards import check_header, claim_header, json_array, writable_dir
 
 __all__ = ["MetricJob", "check_sha256", "load_metric", "merge_metric", "merge_main",
            "metric_main", "parse_shard", "run_metric", "sha256_path"]

@@ -1,4 +1,4 @@
-"""Storage for resumable sharded jobs: atomic writes, headers, writable directories.
+"""Headers and directories of resumable sharded jobs (the files go through :mod:`synth.files`).
 
 A job writes each result file whole or not at all (temp file in the same
 directory, then :func:`os.replace`), so a killed run leaves only finished files
@@ -17,21 +17,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from synth.export import atomic_write
+from synth.files import atomic_write
 
-__all__ = ["atomic_savez", "atomic_write", "check_header", "claim_header", "json_array",
-           "remove_stale", "writable_dir"]
-
-def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """:func:`numpy.savez` to ``path`` (exactly that name), atomically."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def remove_stale(path: Path) -> None:
-    """Remove temp files a killed writer of ``path`` left behind."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
+__all__ = ["check_header", "claim_header", "json_array", "writable_dir"]
 
 def json_array(obj: Any) -> np.ndarray:
     """``obj`` as a 0-d str array of JSON: stored in ``.npz``, loads without pickle."""

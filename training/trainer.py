@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from matcher.encoder import Encoder
-from synth.export import atomic_write
+from synth.files import atomic_write, atomic_write_text
 
 from .augment import AugmentConfig
 from .config import TrainConfig
@@ -386,7 +386,7 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
         run = _Run(cfg, rank, world, device)
         if rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(cfg.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         if resume:
             run.restore(load_checkpoint(cfg.run_dir / "last.pt"))
         log = _Log(cfg, run.step) if rank == 0 else None
