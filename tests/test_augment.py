@@ -241,8 +241,9 @@ def test_the_run_file_carries_the_augment_table(tmp_path):
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-# Runs made to see the real world; every other run file is a reference run.
-AUGMENTED_RUNS = {"finetune-cpu.toml"}
+# Runs made to see the real world (the fine-tune and the same-budget P / PNP pair
+# of configs/cpu); every other run file is a reference run of the paper's protocol.
+AUGMENTED_RUNS = {"finetune-cpu.toml", "p-aug.toml", "pnp-aug.toml"}
 
 
 def test_every_reference_config_has_augmentation_off():
