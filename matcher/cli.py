@@ -15,26 +15,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from synth.cli_parser import OneLineParser
 
 if TYPE_CHECKING:
     from .match import MatchResult
 
-__all__ = ["OneLineParser", "main"]
+__all__ = ["main"]
 
 # Mirrors of matcher.match.Method and its defaults, so that parsing needs no torch;
 # tests/test_match.py checks that they agree.
 METHODS = ("search", "encoder", "nn", "hybrid")
 DEFAULT_METHOD = "search"
 DEFAULT_BUDGET_MS = 2000.0
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line on stderr and exit code 2
-    (shared by the ``tympan train`` subcommands)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:

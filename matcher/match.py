@@ -52,6 +52,7 @@ from synth.params import NAMES, PARAMS, check_value, clamp_theta, nu_to_theta, t
 from synth.twin import MembraneTwin
 
 from .audio import AudioConfig, Hit, load_hit
+from .device import resolve_device
 from .distances import jtfs_distance, multiscale_spectral_distance
 from .jtfs import JTFS, JTFSConfig
 from .metric import metric
@@ -259,20 +260,6 @@ def _settle(nu: np.ndarray, f0: float | None = None) -> tuple[np.ndarray, np.nda
     return theta, np.clip(theta_to_nu(theta), -1.0, 1.0)
 
 
-def _device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: allowed 'cpu', 'cuda' or 'cuda:N'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA device is visible; use 'cpu'")
-    return dev
-
-
 class Matcher:
     """Loads a model once and matches hits with it.
 
@@ -303,7 +290,7 @@ class Matcher:
 
     def __init__(self, model: str | Path | None = None, device: str | None = None,
                  nn_index: str | Path | None = None, index: str | Path | None = None) -> None:
-        self.device = _device(device)
+        self.device = resolve_device(device)
         path = Path(DEFAULT_MODEL if model is None else model)
         if model is None and not path.is_file():
             raise ValueError(f"no default model at {path}: give a model artifact "

@@ -26,7 +26,7 @@ EXAMPLE_PADS = {"kick": 36, "snare": 38, "tom": 45}
 
 
 def _parser() -> argparse.ArgumentParser:
-    from matcher.cli import OneLineParser
+    from synth.cli_parser import OneLineParser
 
     parser = OneLineParser(prog="tympan demo", description=(
         "Render Tympan's showcase presets and a groove, then match the bundled example hits "

@@ -30,7 +30,7 @@ def _note(text: str) -> int:
 
 def _kit_options(argv: list[str]) -> tuple[str | None, int | None, list[str]]:
     """Take ``--kit FILE`` and ``--pad NOTE`` out of ``argv``; the rest is the matcher's."""
-    from matcher.cli import OneLineParser
+    from synth.cli_parser import OneLineParser
 
     parser = OneLineParser(prog="tympan match", add_help=False, allow_abbrev=False)
     parser.add_argument("--kit", metavar="FILE")

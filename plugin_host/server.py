@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     import ipaddress
     import sys
 
-    from matcher.cli import OneLineParser
+    from synth.cli_parser import OneLineParser
 
     from .cli import add_live_options
 

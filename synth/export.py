@@ -1,21 +1,21 @@
 """Write rendered hits as audio files (pedalboard's writer), atomically.
 
 The format and bit depth are checked before any work (:func:`check_destination`);
-the file is written through :func:`synth.files.atomic_write`, so an interrupted
-write never leaves a truncated file or destroys an existing one.
+the file is written to a temporary file beside it (with its extension, which
+pedalboard's writer needs, so not through :func:`synth.files.atomic_write`) and
+renamed, so an interrupted write never leaves a truncated file or destroys an
+existing one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
-from .files import atomic_write
+from .files import plain_mode
 
 __all__ = ["AudioWriteError", "FORMATS", "check_destination", "write_audio"]
 
@@ -88,6 +88,7 @@ def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sr: float,
         with AudioFile(tmp, "w", samplerate=sr, num_channels=data.shape[0],
                        bit_depth=bit_depth if depths is not None else 16) as f:
             f.write(data)
+        os.chmod(tmp, plain_mode())          # mkstemp's 0600 would hide the hit from others
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

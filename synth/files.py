@@ -19,11 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["atomic_savez", "atomic_write", "atomic_write_text", "file_sha256", "remove_stale"]
+__all__ = ["atomic_savez", "atomic_write", "atomic_write_text", "file_sha256", "plain_mode",
+           "remove_stale"]
 
 # The process umask, read once (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def plain_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file (0o666 less the umask)."""
+    return 0o666 & ~_UMASK
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> Path:
@@ -40,7 +46,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> P
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            os.fchmod(f.fileno(), plain_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

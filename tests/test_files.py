@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 
 import numpy as np
@@ -47,16 +46,24 @@ def test_a_keyboard_interrupt_mid_write_also_cleans_up(tmp_path):
 
 
 def test_permissions_follow_the_umask_not_mkstemp(tmp_path):
-    old = os.umask(0o027)
-    try:
-        # The module read the umask at import; a plain open() would give 0o666 & ~that.
-        from synth import files
-        want = 0o666 & ~files._UMASK
-    finally:
-        os.umask(old)
+    from synth.files import plain_mode
+
+    plain = tmp_path / "plain.txt"
+    with open(plain, "w"):
+        pass
+    want = stat.S_IMODE(plain.stat().st_mode)           # what open() gives under this umask
+    assert plain_mode() == want
     path = atomic_write_text(tmp_path / "p.txt", "x")
     assert stat.S_IMODE(path.stat().st_mode) == want
     assert want != 0o600                    # mkstemp's own mode would be a private file
+
+
+def test_written_audio_gets_the_plain_mode_too(tmp_path):
+    from synth.export import write_audio
+    from synth.files import plain_mode
+
+    path = write_audio(tmp_path / "hit.wav", np.zeros(100), 48000.0)
+    assert stat.S_IMODE(path.stat().st_mode) == plain_mode()
 
 
 def test_text_is_utf8(tmp_path):

@@ -344,7 +344,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
 def test_cli_cuda_without_cuda(tmp_path, capsys):
     code, err = run_cli(capsys, "metric", "--split", "val", "--device", "cuda", "--phi",
                         "stft-test", "--out", str(tmp_path))
-    assert code == 2 and "--device cuda: no CUDA device is available here" in err
+    assert code == 2 and "device 'cuda': no CUDA device is available here" in err
     assert err.count("\n") == 1
 
 

@@ -45,9 +45,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from matcher.device import resolve_device
+from synth.cli_parser import OneLineParser
 from synth.files import atomic_savez, atomic_write, atomic_write_text, file_sha256
 
-from .cli import OneLineParser
 from .protocol import SPLITS
 
 __all__ = ["Plan", "RunPlan", "MetricPlan", "load_plan", "run_campaign", "pack", "unpack",
@@ -485,9 +486,7 @@ def run_campaign(plan: Plan, state_dir: str | Path, seconds: float, device: str 
     """
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu")
-    if device == "cuda":
+    if resolve_device(device).type == "cuda":
         # bf16 autocast covers the encoder; TF32 speeds the float32 rest (CQT, JTFS).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

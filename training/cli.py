@@ -13,9 +13,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from matcher.cli import OneLineParser
-
-__all__ = ["OneLineParser", "SUBCOMMANDS", "main"]
+__all__ = ["SUBCOMMANDS", "main"]
 
 # subcommand -> (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {

@@ -25,13 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from matcher.device import resolve_device
 from matcher.distances import jtfs_distance, multiscale_spectral_distance
 from matcher.encoder import Encoder
 from matcher.plot import save_figure
+from synth.cli_parser import OneLineParser
 from synth.files import atomic_write
 from synth.params import PARAMS, nu_to_theta
 
-from .cli import OneLineParser
 from .config import TrainConfig
 from .data import Renderer, Split
 from .trainer import full_nu, load_checkpoint
@@ -57,9 +58,7 @@ def evaluate(ckpt: str | Path, split: str = "test", limit: int = 0, batch: int =
     ckpt = Path(ckpt)
     ck = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model = _model(ck, cfg, dev)
     data = Split(cfg, split, limit)
     renderer = Renderer(cfg).to(dev)

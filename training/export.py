@@ -24,10 +24,10 @@ import torch
 from matcher.model import ARTIFACT_FORMAT, ARTIFACT_VERSION
 from matcher.onnx_export import export_onnx
 from matcher.onnx_model import onnx_path
+from synth.cli_parser import OneLineParser
 from synth.files import atomic_write
 from synth.params import PARAMS
 
-from .cli import OneLineParser
 from .config import TrainConfig
 from .evaluate import report_stem
 from .trainer import load_checkpoint

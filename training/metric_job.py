@@ -37,9 +37,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from matcher.device import resolve_device
+from synth.cli_parser import OneLineParser
 from synth.files import atomic_savez, atomic_write, file_sha256, remove_stale
 
-from .cli import OneLineParser
 from .phi import PHIS, build_phi
 from .protocol import SPLITS, Protocol
 from .shards import check_header, claim_header, json_array, writable_dir
@@ -188,7 +189,7 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
     index, count, local_rank = _worker(shard, os.environ if env is None else env)
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch = {batch!r}: allowed integers >= 1 (sounds per pass)")
-    dev = _device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if phi is None:
         phi = job_phi(job, dev)
     split_dir = writable_dir(Path(out)) / job.split
@@ -347,23 +348,6 @@ def _worker(shard: tuple[int, int] | None,
     if not 0 <= index < count:
         raise ValueError(f"bad shard {index}/{count}: expected 0 <= I < N")
     return index, count, None
-
-
-def _device(device: str, local_rank: int | None) -> Any:
-    import torch
-
-    if device == "cpu":
-        return torch.device("cpu")
-    if device != "cuda":
-        raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device cuda: no CUDA device is available here (torch "
-                         f"{torch.__version__}); use --device cpu")
-    index = torch.cuda.current_device() if local_rank is None else local_rank
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {index}: only {torch.cuda.device_count()} CUDA devices")
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
 
 
 # -- command line ------------------------------------------------------------------

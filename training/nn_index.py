@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from matcher.cli import OneLineParser
+from synth.cli_parser import OneLineParser
 
 from .protocol import SPLITS, Protocol
 

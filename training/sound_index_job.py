@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from matcher.cli import OneLineParser
+from synth.cli_parser import OneLineParser
 
 __all__ = ["sound_index_main"]
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from matcher.device import resolve_device
 from matcher.encoder import Encoder
 from synth.files import atomic_write, atomic_write_text
 
@@ -92,9 +93,7 @@ def fit(cfg: TrainConfig, devices: int = 1, resume: bool = False, accelerator: s
     """
     if accelerator not in ("auto", "cpu", "cuda"):
         raise ValueError(f"accelerator {accelerator!r}: allowed auto, cpu, cuda")
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ValueError("accelerator 'cuda' asked for, but no CUDA device is visible")
-    use_cuda = accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(accelerator).type == "cuda"
     _check_run_dir(cfg, resume)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:   # torchrun
         _run(cfg, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
@@ -439,7 +438,7 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
 
 def fit_main(argv: list[str]) -> int:
     """``tympan train fit --config FILE [--devices N] [--resume]``."""
-    from .cli import OneLineParser
+    from synth.cli_parser import OneLineParser
     from .config import load_config
 
     parser = OneLineParser(prog="tympan train fit", description=(
