@@ -11,12 +11,6 @@ from typing import Sequence
 __all__ = ["add_live_options", "devices_main", "play_main", "render_main"]
 
 
-def _load_kit(path: str | None):
-    from .kit import Kit, load_default_kit
-
-    return load_default_kit() if path is None else Kit.load(path)
-
-
 def devices_main(argv: Sequence[str] | None = None) -> int:
     """List audio output devices and MIDI input ports per API."""
     parser = argparse.ArgumentParser(prog="tympan devices",
@@ -94,10 +88,11 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     from .audio import AudioOutput
     from .engine import Engine
     from .jack_midi import JackMidiInput, jack_client_available
+    from .kit import load_kit
     from .midi import MidiInput, resolve_api
     from .signals import StopSignals
 
-    kit = _load_kit(args.kit)
+    kit = load_kit(args.kit)
     api = resolve_api(args.midi_api)
     native_jack = (api == rtmidi.API_UNIX_JACK and not args.rtmidi
                    and jack_client_available())
@@ -187,9 +182,10 @@ def render_main(argv: Sequence[str] | None = None) -> int:
 
     from synth.export import AudioWriteError, check_destination, write_audio
 
+    from .kit import load_kit
     from .render import peak_dbfs, render_midi
 
-    kit = _load_kit(args.kit)
+    kit = load_kit(args.kit)
     try:  # before a render that may take a while, not after it
         check_destination(args.out, args.bit_depth)
     except AudioWriteError as err:

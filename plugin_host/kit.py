@@ -31,7 +31,7 @@ from synth.files import atomic_write
 from synth.params import NAMES, DrumParams, ParameterError
 
 __all__ = ["CCMapping", "Kit", "KitError", "Pad", "Tracking", "VelocityCurve",
-           "KIT_FORMAT", "KIT_VERSION", "load_default_kit"]
+           "KIT_FORMAT", "KIT_VERSION", "load_default_kit", "load_kit"]
 
 KIT_FORMAT = "tympan-kit"
 KIT_VERSION = 1
@@ -325,3 +325,14 @@ def load_default_kit() -> Kit:
     """The General MIDI kit shipped with Tympan."""
     text = resources.files("plugin_host").joinpath("kits", "gm.json").read_text(encoding="utf-8")
     return Kit.from_dict(json.loads(text))
+
+
+def load_kit(path: str | os.PathLike[str] | None) -> Kit:
+    """The kit a command's ``--kit FILE`` names, or the General MIDI kit when None.
+
+    Raises
+    ------
+    KitError
+        The file is missing, unreadable or not a valid kit (see :meth:`Kit.load`).
+    """
+    return load_default_kit() if path is None else Kit.load(path)

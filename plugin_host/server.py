@@ -530,10 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = (args.host,)
         print(f"tympan serve: warning: binding {args.host}: other machines can reach the API "
               "(Host and Origin must still name this address)", file=sys.stderr)
-    from .cli import _load_kit
+    from .kit import load_kit
     from .session import Session
 
-    session = Session(_load_kit(args.kit),
+    session = Session(load_kit(args.kit),
                       Path(args.kits_dir) if args.kits_dir else _kits_dir_default(),
                       sr=args.sr, blocksize=args.blocksize, polyphony=args.polyphony,
                       effects=not args.no_effects, midi_api=args.midi_api, rtmidi=args.rtmidi,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from plugin_host.kit import CCMapping, Kit, KitError, VelocityCurve, load_default_kit
+from plugin_host.kit import CCMapping, Kit, KitError, VelocityCurve, load_default_kit, load_kit
 from synth.voice import DrumVoice
 
 SR = 48000
@@ -129,3 +129,14 @@ def test_kit_files_round_trip_and_errors_name_the_file(tmp_path):
         Kit.load(bad)
     with pytest.raises(KitError, match="cannot read kit"):
         Kit.load(tmp_path / "missing.json")
+
+
+def test_a_commands_kit_option_loads_the_file_or_the_general_midi_kit(tmp_path):
+    # load_kit is what `tympan play / render / serve --kit FILE` call.
+    assert load_kit(None) == load_default_kit()
+    path = tmp_path / "mine.json"
+    kit = KIT.with_mapping(CCMapping(cc=21, param="tau", depth=0.5, pad=36))
+    kit.save(path)
+    assert load_kit(path) == kit and load_kit(str(path)) == kit
+    with pytest.raises(KitError, match="cannot read kit .*missing.json"):
+        load_kit(tmp_path / "missing.json")
