@@ -53,7 +53,7 @@ def time_loss(loss: str, batch: int, steps: int, device: str, tmp: Path) -> dict
     import torch
 
     from training.config import TrainConfig
-    from training.trainer import _Run
+    from training.trainer import Run
 
     cfg = TrainConfig(name=f"bench-{loss}", loss=loss)
     cfg = replace(cfg, data=replace(cfg.data, batch_size=batch, n_train=batch * (steps + 1),
@@ -62,7 +62,7 @@ def time_loss(loss: str, batch: int, steps: int, device: str, tmp: Path) -> dict
                   log=replace(cfg.log, dir=str(tmp), progress=False, tensorboard=False))
     if loss == "pnp":
         _metric_file(cfg, tmp)
-    run = _Run(cfg, 0, 1, torch.device(device))
+    run = Run(cfg, 0, 1, torch.device(device))
     batches = [ids for _, ids in run.train.epoch_batches(0)]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     run.train_step(batches[0])           # warm-up: allocations, kernel caches

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.campaign import _size_run, load_plan, run_campaign, toml_text
+from training.campaign import StageRecord, load_plan, run_campaign, toml_text
+from training.campaign.stages import _size_run
 from training.config import TrainConfig, load_config
 from training.metric_job import MetricJob, merge_metric, run_metric
 from training.protocol import Protocol
@@ -246,6 +247,60 @@ def test_reference_run_files_survive_the_toml_round_trip():
         cfg = load_config(path)
         again = TrainConfig.from_dict(tomllib.loads(toml_text(cfg.to_dict(), "x\ny")))
         assert again == cfg, path
+
+
+def test_toml_text_is_read_back_identically():
+    d = {"name": 'a "quoted"\nname', "seed": 3, "flag": False, "x": 1e-05, "big": 2.0**40,
+         "pair": [0.15, 0.8], "names": ["p", "pnp"],
+         "data": {"n_train": 0, "sr": 22050.0, "span": [-6.0, 6.0]},
+         "log": {"dir": "runs/x y", "progress": True}}
+    text = toml_text(d, "first line\nsecond line")
+    assert text.startswith("# first line\n# second line\n")
+    assert tomllib.loads(text) == d and tomllib.loads(toml_text(d)) == d
+    with pytest.raises(ValueError, match="no TOML form"):
+        toml_text({"x": None})
+
+
+# Stage records as the campaign wrote them before StageRecord existed: the keys on disk.
+OLD_RECORDS = {
+    "preflight": {"status": "done", "seconds": 41.2},
+    "failed": {"status": "failed", "error": "RuntimeError: out of luck", "seconds": 3.5},
+    "metric partial": {"seconds": 12.0, "sounds_computed": 8, "sounds": 12, "sounds_per_s": 0.67,
+                       "shards": "2/3", "batch": 4, "phi": "stft-test", "status": "partial"},
+    "metric done": {"seconds": 18.0, "sounds_computed": 12, "sounds": 12, "sounds_per_s": 0.67,
+                    "shards": "3/3", "batch": 4, "phi": "stft-test", "status": "done",
+                    "sha256_full": "ab" * 32, "bytes_full": 9000, "sha256": "cd" * 32,
+                    "bytes": 4000, "file": "metric/metric-test.npz"},
+    "run": {"status": "done", "config": "configs/tiny/p.toml", "loss": "p", "pitch_known": False,
+            "budget_s": 300, "probe": {"step_s": 0.2, "val_s": 0.5, "steps": 1}, "n_train": 16,
+            "batch_size": 4, "epochs_planned": 1, "epochs_done": 1, "steps": 4, "fit_s": 3.0,
+            "epoch_s": [2.5], "samples_per_s": 5.3, "step_samples_per_s": 20.0, "best_step": 4,
+            "eval_s": 4.0, "eval_batch": 4, "eval_sounds": 8, "jtfs_mean": 0.5, "mss_mean": 1.5,
+            "p_loss": 0.3, "report": "runs/p/eval-test-best.json", "overhead_s": 2.0,
+            "seconds": 9.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_RECORDS))
+def test_stage_records_round_trip_with_the_keys_on_disk(name):
+    d = OLD_RECORDS[name]
+    record = StageRecord.from_dict(d)
+    assert record.to_dict() == d                                    # same keys, same values
+    assert StageRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    assert (record.metric is not None) == name.startswith("metric")
+    assert (record.run is not None) == (name == "run")
+    exported = StageRecord.from_dict({**d, "exported": True}) if name == "run" else None
+    assert exported is None or exported.run.exported is True
+
+
+def test_stage_records_of_a_campaign_are_read_back_identically(campaign):
+    tmp, _ = campaign
+    stages = json.loads((tmp / "device" / "campaign.json").read_text())["stages"]
+    for d in stages.values():
+        assert StageRecord.from_dict(d).to_dict() == d
+    assert StageRecord.from_dict(stages["run:p"]).run.jtfs_mean == stages["run:p"]["jtfs_mean"]
+    with pytest.raises(ValueError, match="status 'finished'"):
+        StageRecord("finished")
 
 
 def test_the_gpu_plan_names_every_reference_run_in_the_issue_order():

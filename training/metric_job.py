@@ -46,7 +46,7 @@ from .protocol import SPLITS, Protocol
 from .shards import check_header, claim_header, json_array, writable_dir
 
 __all__ = ["MetricJob", "check_sha256", "load_metric", "merge_metric", "merge_main",
-           "metric_main", "parse_shard", "run_metric", "sha256_path"]
+           "metric_main", "parse_shard", "run_metric", "sha256_path", "shard_path"]
 
 FORMAT, VERSION = "tympan-metric", 1
 DTYPES = ("float32", "float64")
@@ -197,7 +197,7 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
     claim_header(split_dir / "job.json", job.header())
     mine = range(index, job.n_shards, count)
     for i in mine:  # only this worker writes these shards: their temp files are stale
-        remove_stale(_shard_path(split_dir, i))
+        remove_stale(shard_path(split_dir, i))
     todo = [i for i in mine if _read_shard(split_dir, job, i) is None]
     dtype = getattr(torch, job.dtype)
     twin = MembraneTwin(job.sr, job.n_samples).to(dev)
@@ -219,7 +219,7 @@ def run_metric(job: MetricJob, out: str | Path, *, phi: Callable | None = None,
                 evs.append(ev.cpu().numpy())
                 bar.update(part.shape[0])
             provenance = {"device": str(dev), "batch": batch, "torch": torch.__version__}
-            atomic_savez(_shard_path(split_dir, i), cell_ids=ids, nu=nu,
+            atomic_savez(shard_path(split_dir, i), cell_ids=ids, nu=nu,
                          theta=job.protocol.theta(ids), M=np.concatenate(ms),
                          eigvals=np.concatenate(evs), header=json_array(job.header()),
                          shard=np.array(i), provenance=json_array(provenance))
@@ -258,7 +258,7 @@ def merge_metric(split: str, out: str | Path, compact: bool = False) -> Path:
     shards = [_read_shard(split_dir, job, i) for i in range(job.n_shards)]
     missing = [i for i, s in enumerate(shards) if s is None]
     if missing:
-        names = ", ".join(_shard_path(split_dir, i).name for i in missing[:20])
+        names = ", ".join(shard_path(split_dir, i).name for i in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise ValueError(f"split {split!r}: {len(missing)} of {job.n_shards} shards missing or "
                          f"unreadable in {split_dir}: {names}{more}; run 'tympan train metric "
@@ -312,13 +312,14 @@ def load_metric(path: str | Path) -> dict[str, Any]:
 
 # -- files ---------------------------------------------------------------------------
 
-def _shard_path(split_dir: Path, i: int) -> Path:
+def shard_path(split_dir: Path, i: int) -> Path:
+    """Shard ``i``'s file in a split's work folder (present once the shard is finished)."""
     return split_dir / f"shard-{i:05d}.npz"
 
 
 def _read_shard(split_dir: Path, job: MetricJob, i: int) -> dict[str, Any] | None:
     """A finished shard's contents; None if absent or unreadable; ValueError on mismatch."""
-    path = _shard_path(split_dir, i)
+    path = shard_path(split_dir, i)
     if not path.exists():
         return None
     try:
@@ -400,7 +401,7 @@ def metric_main(argv: Sequence[str]) -> int:
     done = run_metric(job, args.out, device=args.device, batch=batch, shard=shard,
                       progress=not args.quiet)
     split_dir = Path(args.out) / job.split
-    finished = sum(_shard_path(split_dir, i).exists() for i in range(job.n_shards))
+    finished = sum(shard_path(split_dir, i).exists() for i in range(job.n_shards))
     print(f"metric {job.split}: computed {len(done)} shards here; {finished} of {job.n_shards} "
           f"finished in {split_dir}")
     if finished == job.n_shards:

@@ -44,7 +44,7 @@ from .damping import make_damping
 from .data import MetricTable, Renderer, Split
 from .losses import jtfs_loss, p_loss, pnp_loss, spectral_loss
 
-__all__ = ["fit", "full_nu", "load_checkpoint", "CKPT_FORMAT"]
+__all__ = ["fit", "full_nu", "load_checkpoint", "Run", "CKPT_FORMAT"]
 
 CKPT_FORMAT = "tympan-checkpoint"
 CKPT_VERSION = 1
@@ -333,6 +333,12 @@ class _Run:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+# The public name for timing steps without fitting (the campaign's probe,
+# benchmarks/bench_train.py): Run(cfg, 0, 1, device), then .train.epoch_batches(epoch),
+# .train_step(ids) and .validate(). fit() and its checkpoints stay the way to train.
+Run = _Run
 
 
 class _Log:
