@@ -94,7 +94,7 @@ bench-shutdown: install
 
 # The wheels a lent GPU machine lacks (its Python is 3.12; it reaches no package index).
 # They go to .whl/ (git-ignored), which device calls carry: see docs/results.md.
-GPU_WHEELS := kymatio==0.3.0 nnAudio==0.3.4 pedalboard==0.9.26 appdirs==1.4.4 configparser==7.3.0
+GPU_WHEELS := kymatio==0.3.0 nnAudio==0.3.4 pedalboard==0.9.26 appdirs==1.4.4 configparser==7.3.0 tomli-w==1.2.0
 gpu-wheels: install
 	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

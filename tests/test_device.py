@@ -46,11 +46,11 @@ def test_the_commands_share_it():
     import inspect
 
     import matcher.match
-    import training.campaign
+    import training.campaign.runner
     import training.evaluate
     import training.metric_job
     import training.trainer
-    for module in (matcher.match, training.campaign, training.evaluate, training.metric_job,
+    for module in (matcher.match, training.campaign.runner, training.evaluate, training.metric_job,
                    training.trainer):
         source = inspect.getsource(module)
         assert "resolve_device(" in source, module.__name__
