@@ -751,7 +751,7 @@ def run_condition(ip: InProcess, kit, voices: int, polyphony: int, seconds: floa
                   null: bool = False) -> dict:
     """Engine + AudioOutput for ``seconds`` (after a ramp), ``voices`` kept sounding;
     ``null``: AudioOutput over :class:`NullEngine` instead."""
-    from plugin_host.audio import AudioOutput
+    from plugin_host.audio_output import AudioOutput
 
     if null:
         engine = NullEngine()

@@ -35,7 +35,7 @@ def _metric_file(cfg, dirname: Path) -> None:
     """A random SPD metric for every train and val cell of the run (timing stand-in)."""
     from training.data import Split
     from synth.files import atomic_savez
-    from training.shards import json_array
+    from training.shard_headers import json_array
 
     rng = np.random.default_rng(0)
     for split, limit in (("train", cfg.data.n_train), ("val", cfg.data.n_val)):

@@ -16,7 +16,7 @@ def devices_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tympan devices",
                                      description="List audio outputs and MIDI inputs.")
     parser.parse_args(argv)
-    from .audio import list_devices
+    from .audio_output import list_devices
     from .midi import list_all
 
     print("Audio outputs:")
@@ -85,7 +85,7 @@ def play_main(argv: Sequence[str] | None = None) -> int:
 
     import rtmidi
 
-    from .audio import AudioOutput
+    from .audio_output import AudioOutput
     from .engine import Engine
     from .jack_midi import JackMidiInput, jack_client_available
     from .kit import load_kit
@@ -180,7 +180,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.blocksize <= 8192:
         parser.exit(2, f"tympan render: error: --blocksize {args.blocksize}: allowed 1..8192\n")
 
-    from synth.export import AudioWriteError, check_destination, write_audio
+    from synth.audio_writer import AudioWriteError, check_destination, write_audio
 
     from .kit import load_kit
     from .render import peak_dbfs, render_midi

@@ -1,6 +1,6 @@
 """``tympan demo``: the showcase, then the example hits matched and played back.
 
-First the presets and a groove are rendered (:mod:`synth.demo`). Then each
+First the presets and a groove are rendered (:mod:`synth.showcase`). Then each
 bundled example hit (``plugin_host/examples/*.flac``, made by a circular-
 membrane model that is not Tympan's) goes through the shipped matcher; its
 parameters are rendered through a real voice at the demo's rate, a picture of
@@ -69,8 +69,8 @@ def match_examples(out_dir: Path, sr: int, model: str | None, budget_ms: float) 
     from matcher.match import Matcher
     from matcher.plot import plot_match
     from synth import DrumParams
-    from synth.demo import render_hit
-    from synth.export import write_audio
+    from synth.showcase import render_hit
+    from synth.audio_writer import write_audio
     from synth.voice import VoicePreset
 
     from .kit import Kit, Pad, load_default_kit
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--budget-ms {args.budget_ms:g}: allowed 0..60000")
     if args.model is not None and not Path(args.model).is_file():
         raise ValueError(f"--model {args.model}: no such file")
-    from synth.demo import render_showcase
+    from synth.showcase import render_showcase
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

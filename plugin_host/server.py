@@ -31,7 +31,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from synth.params import NAMES, PARAMS, ParamSpec
 
-from .guard import BodyCap, LocalOnly, audio_kind
+from .request_guard import BodyCap, LocalOnly, audio_kind
 from .session import Session, SessionError, param_table
 from .signals import StopSignals
 from .worker import MatchWorker, WorkerError

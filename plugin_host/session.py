@@ -121,7 +121,7 @@ class Session:
         SessionError
             The device cannot be opened (409; the old output, if any, plays on).
         """
-        from .audio import AudioError, AudioOutput
+        from .audio_output import AudioError, AudioOutput
 
         def start(name: str | None) -> AudioOutput:
             dev: str | int | None = int(name) if name and name.isdigit() else name
@@ -204,7 +204,7 @@ class Session:
 
     def devices(self) -> dict[str, Any]:
         """Audio outputs and MIDI inputs, with the ones in use."""
-        from .audio import list_devices
+        from .audio_output import list_devices
         from .midi import list_all
 
         try:
@@ -315,7 +315,7 @@ class Session:
         """The pad's hit as 16-bit wav bytes at the session's rate (for the browser)."""
         from pedalboard.io import AudioFile
 
-        from synth.demo import render_hit
+        from synth.showcase import render_hit
         from synth.voice import VoicePreset
 
         pad = self.pad(note)

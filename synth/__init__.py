@@ -8,7 +8,7 @@ Layering: ``synth`` imports nothing else of Tympan's.
 - :mod:`synth.twin`      differentiable torch twin, batches on CPU or CUDA
 - :mod:`synth.kernels`   Numba kernels of the real-time voice
 - :mod:`synth.voice`     ``VoicePreset``, ``VoiceBank``, ``DrumVoice``
-- :mod:`synth.export`    atomic audio-file writing (pedalboard)
+- :mod:`synth.audio_writer`    atomic audio-file writing (pedalboard)
 
 Importing ``synth`` itself loads neither numba nor torch.
 """

@@ -105,7 +105,7 @@ def _params_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> D
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tympan synth``; returns the exit code."""
-    from .export import write_audio
+    from .audio_writer import write_audio
 
     parser = _parser()
     args = parser.parse_args(argv)

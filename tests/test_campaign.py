@@ -108,7 +108,7 @@ def test_half_precision_export_predicts_like_the_float32_one(campaign, tmp_path)
     from safetensors import safe_open
 
     from matcher.model import MatcherModel
-    from training.export import export
+    from training.model_export import export
 
     tmp, _ = campaign
     data = json.loads((tmp / "device" / "campaign.json").read_text())

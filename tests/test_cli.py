@@ -98,7 +98,7 @@ def test_bad_output_paths(tmp_path, target, message):
 
 
 def test_failed_write_keeps_the_existing_file(tmp_path):
-    from synth.export import AudioWriteError, write_audio
+    from synth.audio_writer import AudioWriteError, write_audio
 
     out = tmp_path / "keep.wav"
     write_audio(out, np.zeros(100), 48000)

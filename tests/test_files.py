@@ -59,7 +59,7 @@ def test_permissions_follow_the_umask_not_mkstemp(tmp_path):
 
 
 def test_written_audio_gets_the_plain_mode_too(tmp_path):
-    from synth.export import write_audio
+    from synth.audio_writer import write_audio
     from synth.files import plain_mode
 
     path = write_audio(tmp_path / "hit.wav", np.zeros(100), 48000.0)

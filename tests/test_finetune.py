@@ -140,7 +140,7 @@ def test_the_perceptual_term_is_in_the_step_and_descends_in_nu(tmp_path):
 
 
 def test_a_fine_tuning_run_logs_both_halves_and_resumes_exactly(tmp_path):
-    from training.export import export
+    from training.model_export import export
     from training.trainer import fit, load_checkpoint
 
     hits = str(four_hits(tmp_path))

@@ -42,7 +42,7 @@ def synth_hit(n: int, sr: float = SR) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from training.config import load_config
-    from training.export import export
+    from training.model_export import export
     from training.trainer import fit
 
     from matcher.jtfs import JTFSConfig

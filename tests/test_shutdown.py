@@ -221,7 +221,7 @@ def _upload(served: Served, data: bytes):
 def test_the_fade_out_reaches_silence_smoothly_whatever_the_block_size(block):
     import numpy as np
 
-    from plugin_host.audio import FadeOut
+    from plugin_host.audio_output import FadeOut
 
     sr, seconds = 48000.0, 0.02
     fade = FadeOut(seconds, sr, max_block=256)

@@ -165,7 +165,7 @@ def test_evaluate_reports_every_metric(tiny_checkpoint, tmp_path):
 def test_export_then_load_gives_identical_predictions(tiny_checkpoint, tmp_path):
     from matcher.encoder import Encoder
     from matcher.model import MatcherModel
-    from training.export import export
+    from training.model_export import export
 
     out = export(tiny_checkpoint, tmp_path / "m.tympan")
     model = MatcherModel.load(out)

@@ -28,7 +28,7 @@ from .augment import Augmenter
 from .config import TrainConfig
 from .metric_job import check_sha256, sha256_path
 from .phi import build_phi
-from .shards import json_array
+from .shard_headers import json_array
 
 __all__ = ["Split", "Renderer", "MetricTable", "run_phi"]
 

@@ -43,7 +43,7 @@ from synth.files import atomic_savez, atomic_write, file_sha256, remove_stale
 
 from .phi import PHIS, build_phi
 from .protocol import SPLITS, Protocol
-from .shards import check_header, claim_header, json_array, writable_dir
+from .shard_headers import check_header, claim_header, json_array, writable_dir
 
 __all__ = ["MetricJob", "check_sha256", "load_metric", "merge_metric", "merge_main",
            "metric_main", "parse_shard", "run_metric", "sha256_path", "shard_path"]

@@ -186,7 +186,7 @@ def run_stage(run: RunPlan, state: State, device: str, half: bool, progress: boo
     from ..config import load_config
     from ..data import Split
     from ..evaluate import evaluate
-    from ..export import export
+    from ..model_export import export
     from ..trainer import fit, load_checkpoint
 
     t_stage = time.perf_counter()
@@ -271,7 +271,7 @@ def preflight(plan: Plan, device: str) -> StageRecord:
 
     from ..config import load_config
     from ..evaluate import evaluate
-    from ..export import export
+    from ..model_export import export
     from ..metric_job import MetricJob, run_metric
     from ..protocol import Protocol
     from ..trainer import fit

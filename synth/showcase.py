@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import write_audio
+from .audio_writer import write_audio
 from .presets import PRESETS
 from .voice import DrumVoice, VoiceBank, VoicePreset
 

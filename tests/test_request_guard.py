@@ -1,4 +1,4 @@
-"""What the server lets in (``plugin_host.guard``) and the matcher worker's start-up failure."""
+"""What the server lets in (``plugin_host.request_guard``) and the matcher worker's start-up failure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pedalboard.io import AudioFile
 
-from plugin_host.guard import LocalOnly, _host_is_local, audio_kind
+from plugin_host.request_guard import LocalOnly, _host_is_local, audio_kind
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "aiff", "ogg", "mp3"])
