@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None,
         if on_result is not None:
             raise ValueError("--kit/--pad take one file, not a folder")
         return _match_folder(args)
-    from synth.export import check_destination, write_audio
+    from synth.audio_writer import check_destination, write_audio
 
     out = check_destination(args.out) if args.out is not None else None  # before any work
     from .match import Matcher
@@ -163,7 +163,7 @@ def _match_folder(args: argparse.Namespace) -> int:
     a table and a JSON summary. Exit 0 if all matched, 1 if some failed."""
     from tqdm import tqdm
 
-    from synth.export import write_audio
+    from synth.audio_writer import write_audio
     from synth.files import atomic_write
 
     from .audio import AudioError
