@@ -14,37 +14,26 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from synth import DrumParams
-from synth.params import NAMES, PARAMS
+from synth.params import NAMES
 
 from .engine import Engine
 from .kit import Kit, Pad
+from .session_shapes import (Armed, Devices, KitListing, KitState, MatchEntry, MatchStateOut,
+                             PadState, Played, SavedKit, Scored, SessionError, Status,
+                             midi_ports, pad_state, param_table, status_of)
 
-__all__ = ["KIT_NAME", "Session", "SessionError"]
+__all__ = ["KIT_NAME", "Session", "SessionError", "param_table"]
 
 # Kit names on disk: no separators, no leading dot, so a name is never a path.
 KIT_NAME = re.compile(r"^[A-Za-z0-9_\- ][A-Za-z0-9_\-. ]{0,63}$")
 UNDO_DEPTH = 64
-
-
-class SessionError(ValueError):
-    """A request the session cannot carry out; ``status`` is the HTTP code to answer."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def param_table() -> list[dict[str, Any]]:
-    """The five parameters for sliders: name, unit, range (and whether ``low`` is
-    allowed), scale, description."""
-    return [asdict(s) for s in PARAMS]
 
 
 class Session:
@@ -93,12 +82,16 @@ class Session:
         self.midi_count = 0
         self._undo: dict[int, deque[Pad]] = {}
         # Matches per pad note; only the match methods below touch them, under the lock.
-        self._matches: dict[int, dict[str, Any]] = {}
+        self._matches: dict[int, MatchEntry] = {}
         self._kit_generation = 0          # counts kit loads: a match of an older kit is stale
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[Mapping[str, Any]], None]] = []
 
     # -- events to the page ---------------------------------------------------
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def subscribe(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
+        """Have ``listener`` called with every event (from any thread; it must not block)."""
+        self.listeners.append(listener)
+
+    def broadcast(self, message: Mapping[str, Any]) -> None:
         """Hand ``message`` to every listener (the WebSocket hub); never raises."""
         for listener in list(self.listeners):
             try:
@@ -202,7 +195,7 @@ class Session:
         self.midi_last = tuple(data)
         self.midi_count += 1
 
-    def devices(self) -> dict[str, Any]:
+    def devices(self) -> Devices:
         """Audio outputs and MIDI inputs, with the ones in use."""
         from .audio_output import list_devices
         from .midi import list_all
@@ -211,10 +204,7 @@ class Session:
             audio = list_devices()
         except Exception as err:       # no PortAudio: say so instead of failing the page
             audio, self.audio_error = [], str(err)
-        ports: list[str] = []
-        for found in list_all().values():
-            if isinstance(found, list):
-                ports += [p for p in found if p not in ports]
+        ports = midi_ports(list_all())
         current = self.audio_device
         if self.output is not None:          # the default device has a name too: show it
             index = self.output.stream.device
@@ -235,22 +225,26 @@ class Session:
     def pad(self, note: int) -> Pad:
         return self.engine.kit.pads[self._index(note)]
 
-    def pad_out(self, pad: Pad) -> dict[str, Any]:
-        """A pad as the page sees it."""
-        return {"note": pad.note, "name": pad.name,
-                "params": dict(zip(NAMES, map(float, pad.params.to_array()))),
-                "gain_db": float(pad.gain_db),
-                "has_match": self.has_match(pad.note),
-                "can_undo": bool(self._undo.get(pad.note))}
+    def pad_note(self, note: int) -> int:
+        """The note of the pad that plays ``note`` (a tracked pad answers several); 404 if none."""
+        return self.pad(note).note
 
-    def kit_out(self) -> dict[str, Any]:
+    def pad_state(self, note: int) -> PadState:
+        """The pad that plays ``note`` as the page sees it."""
+        return self.pad_out(self.pad(note))
+
+    def pad_out(self, pad: Pad) -> PadState:
+        """A pad as the page sees it."""
+        return pad_state(pad, self.has_match(pad.note), bool(self._undo.get(pad.note)))
+
+    def kit_out(self) -> KitState:
         kit = self.engine.kit
         return {"name": kit.name, "file": None if self.kit_file is None else str(self.kit_file),
                 "pads": [self.pad_out(p) for p in sorted(kit.pads, key=lambda p: p.note)]}
 
     def update_pad(self, note: int, params: dict[str, float] | None = None,
                    gain_db: float | None = None, name: str | None = None,
-                   undoable: bool = True) -> dict[str, Any]:
+                   undoable: bool = True) -> PadState:
         """Change a pad (the previous state goes on its undo stack unless not
         ``undoable``); the pad as the page sees it.
 
@@ -286,7 +280,7 @@ class Session:
         stack = self._undo.setdefault(pad.note, deque(maxlen=UNDO_DEPTH))
         stack.append(pad)
 
-    def undo(self, note: int) -> dict[str, Any]:
+    def undo(self, note: int) -> PadState:
         """Put the pad back as it was before its last change."""
         with self.lock:
             note = self.pad(note).note          # a tracked pad answers several notes
@@ -298,15 +292,14 @@ class Session:
         self.broadcast({"type": "pad", "pad": out})
         return out
 
-    def trigger(self, note: int, velocity: int = 100) -> dict[str, Any]:
+    def trigger(self, note: int, velocity: int = 100) -> Played:
         """Play the pad through the audio output, as a MIDI note-on would."""
         self._index(note)
         if not 1 <= velocity <= 127:
             raise SessionError(f"velocity {velocity}: allowed 1..127")
         if self.output is None or not self.output.running:
-            return {"played": False,
-                    "reason": "no audio output" + (f" ({self.audio_error})"
-                                                   if self.audio_error else "")}
+            why = f" ({self.audio_error})" if self.audio_error else ""
+            return {"played": False, "reason": "no audio output" + why}
         # "Now" on the engine's clock (the JACK frame clock when JACK MIDI drives it).
         self.engine.midi((0x99, note, velocity), self.engine.frame_at(self.engine.block_clock()))
         return {"played": True, "reason": None}
@@ -343,7 +336,7 @@ class Session:
             return self._kit_generation
 
     def apply_match(self, note: int, job_id: int, generation: int, source: str,
-                    theta: dict[str, float]) -> dict[str, Any]:
+                    theta: dict[str, float]) -> PadState:
         """Push a match's parameters to its pad (undoable, named after the file).
 
         Raises
@@ -372,7 +365,7 @@ class Session:
                 raise
 
     def refine_match(self, note: int, job_id: int, generation: int, theta: dict[str, float],
-                     estimate: str) -> dict[str, Any] | None:
+                     estimate: str) -> PadState | None:
         """The second stage of a match: its better parameters replace the fast ones.
 
         Nothing changes (None) when a newer upload replaced the match or the
@@ -411,7 +404,7 @@ class Session:
             else:
                 self._matches[note] = previous
 
-    def finish_match(self, note: int, job_id: int, scored: dict[str, Any] | None = None,
+    def finish_match(self, note: int, job_id: int, scored: Scored | None = None,
                      error: str | None = None) -> None:
         """The distances and pictures of a match (``scored``), or why it has none (``error``)."""
         with self.lock:
@@ -429,20 +422,20 @@ class Session:
         with self.lock:
             return self._matches.get(note, {}).get("theta") is not None
 
-    def match_state(self, note: int) -> dict[str, Any]:
+    def match_state(self, note: int) -> MatchStateOut:
         """The pad's last match (a copy): status, job, source, message, theta, distances, preview."""
         with self.lock:
             entry = self._matches.get(note)
             if entry is None:
                 return {"status": "none"}
-            out = {k: entry.get(k) for k in ("status", "job", "source", "message", "theta",
-                                             "jtfs_distance", "mss_distance", "stage",
-                                             "fast_theta", "estimate")}
+            out: MatchStateOut = {k: entry.get(k) for k in (  # type: ignore[misc]
+                "status", "job", "source", "message", "theta", "jtfs_distance",
+                "mss_distance", "stage", "fast_theta", "estimate")}
             if entry.get("status") == "scored":
                 out["preview"] = {k: entry[k] for k in ("sr", "seconds", "target", "match")}
             return out
 
-    def learn(self, param: str, pad: int | None, depth: float) -> dict[str, Any]:
+    def learn(self, param: str, pad: int | None, depth: float) -> Armed:
         if not 0 < depth <= 1:
             raise SessionError(f"depth {depth}: allowed (0, 1]")
         try:
@@ -461,14 +454,14 @@ class Session:
             raise SessionError(f"kit name {name!r} leaves the kits folder", 400)
         return path
 
-    def kits(self) -> dict[str, Any]:
+    def kits(self) -> KitListing:
         names = sorted(p.stem for p in self.kits_dir.glob("*.json") if p.is_file())
         current = None
         if self.kit_file is not None and self.kit_file.parent.resolve() == self.kits_dir.resolve():
             current = self.kit_file.stem
         return {"kits": names, "current": current, "folder": str(self.kits_dir.resolve())}
 
-    def save_kit(self, name: str) -> dict[str, Any]:
+    def save_kit(self, name: str) -> SavedKit:
         path = self._kit_path(name)
         with self.lock:
             kit = replace(self.engine.kit, name=name)
@@ -477,7 +470,7 @@ class Session:
             self.kit_file = written
         return {"name": name, "file": str(written)}
 
-    def load_kit(self, name: str) -> dict[str, Any]:
+    def load_kit(self, name: str) -> KitState:
         path = self._kit_path(name)
         if not path.is_file():
             raise SessionError(f"no kit named {name!r} in {self.kits_dir}; saved kits: "
@@ -496,18 +489,10 @@ class Session:
         return self.kit_out()
 
     # -- status -----------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        out = self.output
-        running = out is not None and out.running
-        return {"type": "status", "voices": int(self.engine.active_voices),
-                "cpu_load": float(out.cpu_load) if running else 0.0,
-                "underflows": int(out.underflows) if out is not None else 0,
-                "latency_ms": 1e3 * out.total_latency if running else None,
-                "blocks": int(out.callbacks) if out is not None else 0,
-                "hits": int(self.engine.hits), "audio": running,
-                "midi": {"received": self.midi_count,
-                         "last": None if self.midi_last is None else list(self.midi_last),
-                         "port": self.midi_port}}
+    def status(self) -> Status:
+        """What the status bar shows (voices, CPU load, underflows, latency, MIDI)."""
+        return status_of(self.engine, self.output, self.midi_count, self.midi_last,
+                         self.midi_port)
 
     def close(self) -> None:
         self.close_midi()
