@@ -171,6 +171,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, metavar="N",
                     help="only the first N files of each set (development)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "eval_real.json")
+    ap.add_argument("--no-default", action="store_true",
+                    help="leave out tympan match's default method (comparing models by --methods "
+                         "encoder: the default search costs its whole budget per file)")
     args = ap.parse_args()
     if args.quick:
         args.limit, args.budget_ms = args.limit or 3, 300.0
@@ -178,12 +181,16 @@ def main() -> None:
     files = set_files(args.limit)          # before the NN index is built: fail early
     matcher, load_s = load_matcher(args)
     methods, same, default = methods_with_default(args.budget_ms, args.nn_index)
+    if args.no_default:
+        methods.pop("default", None)
+        same = None
     if args.methods:
         keep = {BASELINE, *args.methods.split(","), *([] if same is None else [same])}
         unknown = keep - set(methods) - {"default"}
         if unknown:
             raise SystemExit(f"--methods: unknown {sorted(unknown)}; allowed {', '.join(methods)}")
-        methods = {k: v for k, v in methods.items() if k in keep or k == "default"}
+        methods = {k: v for k, v in methods.items()
+                   if k in keep or (k == "default" and not args.no_default)}
     sets = load_sets(matcher.audio_config, files)
     names = list(methods) + ([] if same is None else ["default"])
     extra = {"auraloss": auraloss_distance}
