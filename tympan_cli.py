@@ -48,7 +48,7 @@ def _stop_on_signals() -> None:
     SIGINT ignored, and Python then leaves it so: Ctrl-C (or the SIGINT a
     test sends) would do nothing. SIGTERM would kill without cleanup.
     Both raise KeyboardInterrupt here: the command stops, files stay whole
-    (every writer is atomic) and the exit code is 130.
+    (writers go through a temporary file and a rename) and the exit code is 130.
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)

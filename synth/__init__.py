@@ -8,7 +8,11 @@ Layering: ``synth`` imports nothing else of Tympan's.
 - :mod:`synth.twin`      differentiable torch twin, batches on CPU or CUDA
 - :mod:`synth.kernels`   Numba kernels of the real-time voice
 - :mod:`synth.voice`     ``VoicePreset``, ``VoiceBank``, ``DrumVoice``
-- :mod:`synth.audio_writer`    atomic audio-file writing (pedalboard)
+- :mod:`synth.presets`   the showcase's named drums
+- :mod:`synth.showcase`  the presets and a groove rendered for ``tympan demo``
+- :mod:`synth.audio_writer` audio-file writing (pedalboard), temp file and rename
+- :mod:`synth.files`     atomic writes and hashes for every layer
+- :mod:`synth.cli`, :mod:`synth.cli_parser` ``tympan synth render``; the one-line-error parser
 
 Importing ``synth`` itself loads neither numba nor torch.
 """

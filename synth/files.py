@@ -3,8 +3,9 @@
 A file goes to a temporary file beside the destination and is renamed over
 it only when complete, so an interrupted or failed write never leaves a
 truncated file or destroys an existing one. :func:`atomic_write` is the
-general form every Tympan writer uses (audio, models, checkpoints, metric
-tables, indexes, kits, reports, plots). It lives in ``synth`` because that is
+general form Tympan's writers use (models, checkpoints, metric tables, indexes,
+kits, reports, plots; the audio writer renames a temporary file of its own,
+because pedalboard needs the file's extension). It lives in ``synth`` because that is
 the ground floor of the layering: every package may import it.
 """
 
