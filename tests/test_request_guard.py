@@ -1,7 +1,6 @@
-"""What the server lets in (``plugin_host.request_guard``) and the matcher worker's start-up failure."""
+"""What the server lets in (``plugin_host.request_guard``); the matcher worker is tested in test_worker."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
@@ -47,34 +46,3 @@ def test_only_loopback_hosts_are_local(host, ok):
 ])
 def test_only_this_servers_origin_is_accepted(origin, ok):
     assert LocalOnly(None, 8765).origin_ok(origin) is ok
-
-
-def test_a_worker_whose_model_cannot_load_says_why(tmp_path):
-    from plugin_host.worker import MatchWorker, WorkerError
-
-    bad = tmp_path / "broken.tympan"
-    bad.write_text("not a model")
-    worker = MatchWorker(str(bad), "cpu").start()
-    try:
-        with pytest.raises(WorkerError, match="broken.tympan"):
-            worker.wait_ready(timeout=120)
-        with pytest.raises(WorkerError, match="could not start"):
-            worker.submit(str(tmp_path / "x.wav"))
-    finally:
-        worker.close()
-    assert not worker.alive
-
-
-def test_preview_data_shapes_and_range():
-    from plugin_host.worker import WAVE_POINTS, preview_data
-
-    x = np.sin(np.linspace(0, 100, 65536)) * np.exp(-np.linspace(0, 5, 65536))
-    cqt = np.random.default_rng(0).random((120, 257))
-    d = preview_data(x, cqt)
-    assert len(d["wave_min"]) == len(d["wave_max"]) == WAVE_POINTS
-    assert all(lo <= hi for lo, hi in zip(d["wave_min"], d["wave_max"]))
-    assert max(d["wave_max"]) == pytest.approx(x.max(), abs=1e-3)
-    assert len(d["spec"]) == 120 and len(d["spec"][0]) == 128
-    assert max(max(r) for r in d["spec"]) == 255 and min(min(r) for r in d["spec"]) >= 0
-    silent = preview_data(np.zeros(1000), np.zeros((120, 10)))
-    assert max(max(r) for r in silent["spec"]) == 0 and len(silent["spec"][0]) == 10

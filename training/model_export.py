@@ -47,6 +47,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _one_line(err: Exception) -> str:
+    """The first line of an error's message (an unclosed parenthesis closed)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].strip() if lines else type(err).__name__
+    if len(lines) > 1 and first.count("(") > first.count(")"):
+        first += " ...)"
+    return first
+
+
 def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
            half: bool = False, onnx: bool = False) -> Path:
     """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
@@ -60,7 +69,10 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
     """
     from safetensors.torch import save
 
-    ck = load_checkpoint(ckpt)
+    try:
+        ck = load_checkpoint(ckpt)
+    except ValueError as err:     # torch's reasons are paragraphs: the CLI prints one line
+        raise ValueError(_one_line(err)) from None
     cfg = TrainConfig.from_dict(ck["config"])
     ckpt = Path(ckpt)
     metrics_path = Path(metrics) if metrics else report_stem(ckpt, "test").with_suffix(".json")
@@ -85,8 +97,11 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     info["weights_dtype"] = "float16" if half else "float32"
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda f: f.write(save(tensors, metadata={"tympan": json.dumps(info)})))
+    except OSError as err:        # a directory there, no space, no permission: nothing written
+        raise ValueError(f"cannot write {out}: {err.strerror or err}") from None
     if onnx:
         export_onnx(out)
     else:
