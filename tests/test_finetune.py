@@ -101,10 +101,10 @@ def tiny(tmp_path: Path, **finetune) -> TrainConfig:
 
 def test_the_perceptual_term_is_in_the_step_and_descends_in_nu(tmp_path):
     from training.losses import p_loss
-    from training.trainer import _Run
+    from training.trainer import Run
 
     cfg = tiny(tmp_path, hits=str(four_hits(tmp_path)), batch=4, weight=20.0)
-    run = _Run(cfg, 0, 1, torch.device("cpu"))
+    run = Run(cfg, 0, 1, torch.device("cpu"))
     assert len(run.real) == 4 and run.real.audio["validation"].shape == (2, 8192)
     # The step's loss is the supervised loss plus weight x the perceptual term.
     ids = run.train.ids[:4]
@@ -168,11 +168,11 @@ def test_a_fine_tuning_run_logs_both_halves_and_resumes_exactly(tmp_path):
 
 
 def test_fine_tuning_keeps_batch_norm_statistics_unless_told_not_to(tmp_path):
-    from training.trainer import _Run
+    from training.trainer import Run
 
     hits = str(four_hits(tmp_path))
     for freeze in (True, False):
-        run = _Run(tiny(tmp_path, hits=hits, batch=2, freeze_bn=freeze), 0, 1, torch.device("cpu"))
+        run = Run(tiny(tmp_path, hits=hits, batch=2, freeze_bn=freeze), 0, 1, torch.device("cpu"))
         bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         before = [m.running_mean.clone() for m in bn]
         run.train_step(run.train.ids[:4])

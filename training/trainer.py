@@ -142,8 +142,14 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
 
 # -- one process --------------------------------------------------------------------------
 
-class _Run:
-    """State and steps of one rank's training."""
+class Run:
+    """State and steps of one rank's training.
+
+    Public for timing steps without fitting (the campaign's probe,
+    ``benchmarks/bench_train.py``): ``Run(cfg, 0, 1, device)``, then
+    ``.train.epoch_batches(epoch)``, ``.train_step(ids)`` and ``.validate()``.
+    :func:`fit` and its checkpoints stay the way to train.
+    """
 
     def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
@@ -335,12 +341,6 @@ class _Run:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
 
-# The public name for timing steps without fitting (the campaign's probe,
-# benchmarks/bench_train.py): Run(cfg, 0, 1, device), then .train.epoch_batches(epoch),
-# .train_step(ids) and .validate(). fit() and its checkpoints stay the way to train.
-Run = _Run
-
-
 class _Log:
     """CSV (always) and TensorBoard (optional) on rank 0."""
 
@@ -388,7 +388,7 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     try:
-        run = _Run(cfg, rank, world, device)
+        run = Run(cfg, rank, world, device)
         if rank == 0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
