@@ -4,24 +4,24 @@ The shapes are :class:`~typing_extensions.TypedDict` (plain dicts at run
 time), so the session's answers go straight to ``send_json`` and the routes'
 pydantic response models (:mod:`plugin_host.api_models`) without a copy; a
 shape that drifts from its response model makes the route answer 500 in the
-tests. ``NotRequired`` keys are absent, not null, when unknown.
+tests. ``NotRequired`` keys are absent, not null, when unknown. The parameter
+table is the exception: its rows are :class:`synth.params.ParamSpec` itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Literal
 
 from typing_extensions import NotRequired, TypedDict
 
-from synth.params import NAMES, PARAMS
+from synth.params import NAMES, PARAMS, ParamSpec
 
 if TYPE_CHECKING:
     from .engine import Engine
     from .kit import Pad
 
 __all__ = ["Armed", "AudioDevice", "Devices", "FullStatus", "KitListing", "KitState",
-           "MatchEntry", "MatchStateOut", "ParamRow", "PadState", "Picture", "Played",
+           "MatchEntry", "MatchStateOut", "PadState", "Picture", "Played",
            "Preview", "SavedKit", "Scored", "SessionError", "Status", "WorkerStatus",
            "midi_ports", "pad_state", "param_table", "status_of"]
 
@@ -34,22 +34,15 @@ class SessionError(ValueError):
         self.status = status
 
 
-class ParamRow(TypedDict):
-    """One row of :func:`param_table` (the fields of :class:`synth.params.ParamSpec`)."""
-
-    name: str
-    unit: str
-    low: float
-    high: float
-    scale: Literal["log", "linear"]
-    description: str
-    low_inclusive: bool
-
-
-def param_table() -> list[ParamRow]:
+def param_table() -> list[ParamSpec]:
     """The five parameters for sliders: name, unit, range (and whether ``low`` is
-    allowed), scale, description."""
-    return [ParamRow(**asdict(s)) for s in PARAMS]
+    allowed), scale, description.
+
+    The rows are the :class:`~synth.params.ParamSpec` dataclasses themselves, not
+    dicts: ``GET /api/params`` (``response_model=list[ParamSpec]``) serializes
+    their fields, so the row shape is declared once, in :mod:`synth.params`.
+    """
+    return list(PARAMS)
 
 
 # -- pads and kits -------------------------------------------------------------------

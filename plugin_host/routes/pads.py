@@ -9,7 +9,7 @@ from synth.params import ParamSpec
 
 from ..api_models import PadOut, PadUpdate, Played
 from ..session import Session, param_table
-from ..session_shapes import PadState, ParamRow
+from ..session_shapes import PadState
 from ..session_shapes import Played as PlayedShape
 
 __all__ = ["Note", "router"]
@@ -22,7 +22,7 @@ def router(session: Session) -> APIRouter:
     api = APIRouter(tags=["pads"])
 
     @api.get("/api/params", response_model=list[ParamSpec])
-    def params() -> list[ParamRow]:
+    def params() -> list[ParamSpec]:
         """The five membrane parameters: units, ranges and slider scales."""
         return param_table()
 
