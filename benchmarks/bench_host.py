@@ -7,7 +7,8 @@ Run from the repository root (needs ``jackd`` from jackd2; no sound card)::
     .venv/bin/python benchmarks/bench_host.py --dry --rtmidi --json /tmp/host.json
     .venv/bin/python benchmarks/bench_host.py --only engine --realtime   # SCHED_FIFO jackd
 
-Every JACK server here is this script's own: ``jackd -n tympan-bench-<pid>-<period>
+Every JACK server here is this script's own (``start_jack``, a
+:class:`plugin_host.jack_server.JackServer`): ``jackd -n tympan-bench-<pid>-<period>
 --no-realtime -d dummy -r 48000 -p <period>`` (``JACK_NO_AUDIO_RESERVATION=1``),
 and every client (python-rtmidi, PortAudio/sounddevice, JACK-Client, the
 ``tympan play`` subprocess) reaches it through ``JACK_DEFAULT_SERVER``. A JACK
@@ -113,6 +114,7 @@ import numpy as np
 
 from _common import ROOT, machine_base, write_json  # noqa: E402  (puts the repository on sys.path)
 from plugin_host.engine import Engine  # noqa: E402
+from plugin_host.jack_server import JackServer, missing_tools  # noqa: E402
 from plugin_host.kit import load_default_kit  # noqa: E402
 from synth.voice import VoicePreset  # noqa: E402
 
@@ -129,7 +131,6 @@ PA_PORTS = ("PortAudio:out_0", "PortAudio:out_1")
 STEP_MIN = 0.1      # onset detector: absolute floor of the step threshold (full scale 1)
 STEP_FACTOR = 10.0  # ... and its factor over the largest step before the event
 PRE = 512           # samples before the event used for that
-JACK_BASE_ENV = {"JACK_NO_START_SERVER": "1", "JACK_NO_AUDIO_RESERVATION": "1"}
 TORCH_LOAD = r"""
 import os, sys, torch
 torch.set_num_threads(os.cpu_count())
@@ -141,6 +142,7 @@ while True:
 """
 
 _CHILDREN: list[subprocess.Popen] = []   # every process started here, stopped by PID
+_SERVERS: list[JackServer] = []          # every JACK server started here (start_jack)
 
 
 # ----------------------------------------------------------------------------
@@ -166,8 +168,10 @@ def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
 
 
 def stop_all() -> None:
-    for proc in list(reversed(_CHILDREN)):
+    for proc in list(reversed(_CHILDREN)):   # a server's jackd after its clients
         stop_process(proc)
+    for server in list(_SERVERS):
+        stop_jack(server)
 
 
 def spawn(cmd: list[str], **kw) -> subprocess.Popen:
@@ -273,62 +277,31 @@ def print_load(load: dict, what: str) -> None:
 # JACK server
 
 
-class JackServer:
-    """A private JACK dummy server: ``jackd -n NAME --no-realtime -d dummy -r SR -p period``."""
+def start_jack(period: int, tag: str = "", realtime: bool = False) -> JackServer:
+    """This script's own JACK dummy server of period ``period`` (never a running one):
+    ``jackd -n tympan-bench-<pid>-<period><tag>``, ``-R -P 70`` with ``realtime`` (no
+    fallback: a real-time run that cannot get it fails), else ``--no-realtime``.
 
-    realtime = False   # --realtime: SCHED_FIFO server and client threads (jackd -R -P 70)
+    Its jackd counts as one of this script's processes (load meter, ``stop_all``).
+    """
+    server = JackServer.start(period, SR, name=f"tympan-bench-{os.getpid()}-{period}{tag}",
+                              realtime=realtime, timeout=20.0)
+    _SERVERS.append(server)
+    if server.process is not None:
+        _CHILDREN.append(server.process)
+    return server
 
-    def __init__(self, period: int, tag: str = "") -> None:
-        self.name = f"tympan-bench-{os.getpid()}-{period}{tag}"
-        self.period = period
-        self.env = {**os.environ, **JACK_BASE_ENV, "JACK_DEFAULT_SERVER": self.name}
-        mode = ["-R", "-P", "70"] if self.realtime else ["--no-realtime"]
-        self.cmd = ["jackd", "-n", self.name, *mode, "-d", "dummy", "-r", str(SR),
-                    "-p", str(period)]
-        self.log: list[str] = []
-        self.proc = spawn(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=self.env)
-        threading.Thread(target=self._read_log, daemon=True).start()
-        deadline = time.monotonic() + 20.0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            r = subprocess.run(["jack_lsp"], env=self.env, capture_output=True, text=True,
-                               timeout=10)
-            if r.returncode == 0 and "system:playback_1" in r.stdout:
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"JACK server {' '.join(self.cmd)} did not come up (exit code "
-                           f"{self.proc.returncode}); its output:\n" + "\n".join(self.log[-20:]))
 
-    def xrun_report(self, since: int = 0) -> dict:
-        """What jackd logged about xruns from log line ``since`` on: how often its driver
-        woke late, and which client was not finished in which state (``Triggered``: not
-        yet running, i.e. woken late or waiting; ``Running``: still computing)."""
-        late_driver, clients = 0, {}
-        for line in self.log[since:]:
-            if "JackTimedDriver::Process XRun" in line:
-                late_driver += 1
-            m = re.search(r"client = (.+) was not finished, state = (\w+)", line)
-            if m:
-                key = f"{m.group(1)}/{m.group(2)}"
-                clients[key] = clients.get(key, 0) + 1
-        return {"driver_woke_late": late_driver, "clients_not_finished": clients}
-
-    def _read_log(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line.rstrip())
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+def stop_jack(server: JackServer) -> None:
+    """Stop ``server`` (ours, by PID) and forget it."""
+    stop_process(server.process)
+    server.stop()  # its log file
+    if server in _SERVERS:
+        _SERVERS.remove(server)
 
 
 def check_jack_tools() -> None:
-    import shutil
-
-    missing = [t for t in ("jackd", "jack_lsp") if shutil.which(t) is None]
+    missing = missing_tools()
     if missing:
         sys.exit(f"bench_host: JACK is not installed (missing {', '.join(missing)}): "
                  "`sudo apt-get install jackd2` (or `make install` as root)")
@@ -489,17 +462,18 @@ def parse_play_output(lines: list[str]) -> dict:
 
 
 def bench_latency(block: int, n_hits: int, effects: bool, rtmidi: bool = False,
-                  warmup_hits: int = 3) -> dict:
+                  warmup_hits: int = 3, realtime: bool = False) -> dict:
     """One block size: own server, ``tympan play`` subprocess, probe, analysis.
 
     ``rtmidi``: pass ``--rtmidi`` (python-rtmidi's JACK backend instead of the default
-    JACK-Client input)."""
+    JACK-Client input). ``realtime``: the server runs with ``-R -P 70``."""
     server = proc = probe = None
     lines: list[str] = []
     errs: list[str] = []
     total_hits = n_hits + warmup_hits
     try:
-        server = JackServer(block, ("" if effects else "-dry") + ("-rtmidi" if rtmidi else ""))
+        server = start_jack(block, ("" if effects else "-dry") + ("-rtmidi" if rtmidi else ""),
+                            realtime)
         meter = LoadMeter()
         cmd = [sys.executable, "-m", "tympan_cli", "play", "--midi-api", "jack", "--midi-in",
                "virtual", "--blocksize", str(block), "--quiet", "--seconds", "600"]
@@ -528,7 +502,7 @@ def bench_latency(block: int, n_hits: int, effects: bool, rtmidi: bool = False,
         time.sleep(0.2)                               # connections live from the next cycle
         probe.rec_start = probe.client.frame_time + block  # a frame in a future cycle
         probe.next_frame = probe.rec_start + int(0.5 * SR)
-        mark = len(server.log)
+        mark = len(server.log_lines())
         probe.armed = True
         end = time.monotonic() + seconds + 10
         while probe.n_sent < total_hits and time.monotonic() < end:
@@ -557,7 +531,7 @@ def bench_latency(block: int, n_hits: int, effects: bool, rtmidi: bool = False,
                 pass
         stop_process(proc, signal.SIGINT, timeout=20)
         if server is not None:
-            server.stop()
+            stop_jack(server)
 
     found = step_onsets(audio, events, search=min(8000, 12 * block), covered=covered)
     keep = np.arange(total_hits) >= warmup_hits
@@ -661,8 +635,8 @@ def print_latency(rows: list[dict], checks: list[dict]) -> None:
 class InProcess:
     """A JACK server of period 128 and PortAudio bound to it in this process."""
 
-    def __init__(self) -> None:
-        self.server = JackServer(ENGINE_BLOCK)
+    def __init__(self, realtime: bool = False) -> None:
+        self.server = start_jack(ENGINE_BLOCK, realtime=realtime)
         # PortAudio reads JACK_DEFAULT_SERVER when it initializes: before sounddevice's import.
         os.environ.update({k: v for k, v in self.server.env.items()
                            if k.startswith("JACK_")})
@@ -699,7 +673,7 @@ class InProcess:
                 self.sd._terminate()
         except Exception:
             pass
-        self.server.stop()
+        stop_jack(self.server)
 
 
 def long_pads(kit) -> list[int]:
@@ -797,7 +771,7 @@ def run_condition(ip: InProcess, kit, voices: int, polyphony: int, seconds: floa
                 keep_up()
             time.sleep(0.02)
         meter = LoadMeter()
-        mark = len(ip.server.log)
+        mark = len(ip.server.log_lines())
         gcs.clear()
         gc.callbacks.append(on_gc)
         cpu0 = _proc_cpu_s(load_proc.pid) if load_proc else 0.0
@@ -925,7 +899,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     check_jack_tools()
-    JackServer.realtime = opts.realtime
 
     def on_term(signum, frame):  # SIGTERM: unwind so every finally stops its process
         raise KeyboardInterrupt
@@ -966,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
                 for b in BLOCKS:
                     try:   # python-rtmidi runs with half the hits: it is the comparison
                         rows.append(bench_latency(b, max(10, opts.hits // 2) if rt else opts.hits,
-                                                  fx, rtmidi=rt))
+                                                  fx, rtmidi=rt, realtime=opts.realtime))
                     except RuntimeError as err:   # reported in the table, the run goes on
                         rows.append({"block": b, "effects": fx, "error": str(err),
                                      "input": "rtmidi" if rt else "default"})
@@ -1020,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"   - {', '.join(which)}: {text}")
             print()
         if opts.only != "latency":
-            ip = InProcess()
+            ip = InProcess(opts.realtime)
             try:
                 pads = long_pads(kit)
                 doc["load_pads"] = pads

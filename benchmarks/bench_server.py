@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import ROOT, example_hits, gmrockkit_hits, write_json
-from bench_host import JackServer, check_jack_tools, machine_info, spawn, stop_all, stop_process
+from bench_host import check_jack_tools, machine_info, spawn, start_jack, stop_all, stop_process
 
 TARGET_P50_MS = 300.0
 NOTES = (36, 38, 45, 47, 48, 50)
@@ -147,7 +147,7 @@ def main() -> int:
     args = ap.parse_args()
     check_jack_tools()
     files = gmrockkit_hits(required=False) + example_hits()
-    jack = JackServer(256, "-serve")
+    jack = start_jack(256, "-serve")
     try:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
