@@ -279,7 +279,7 @@ def run_methods(matcher, items: list[tuple[str, object, float]], methods: dict[s
                 stages = {k: r.timings_ms[k] for k in MATCH_STAGES if k in r.timings_ms}
                 ms = sum(stages.values())
             t0 = time.perf_counter()
-            est = matcher._render(nu)[0]
+            est = matcher.render_nu(nu)[0]
             ms += prep_ms + 1e3 * (time.perf_counter() - t0)
             found.append((method, chosen, nu, ms, stages, est))
         with torch.no_grad():   # one JTFS batch: the target and every method's render

@@ -68,9 +68,9 @@ def default_options(nn_index: Path) -> dict:
     """``Matcher.match_hit`` options of ``tympan match FILE`` with no option given
     (its parser's defaults; ``--nn-index`` is passed so a default that needs the index
     is accepted)."""
-    from matcher.cli import _parser, _refine_options
+    from matcher.cli import match_options, parser
 
-    return _refine_options(_parser().parse_args(["FILE", "--nn-index", str(nn_index)]))
+    return match_options(parser().parse_args(["FILE", "--nn-index", str(nn_index)]))
 
 
 def _normalized(opts: dict) -> dict:

@@ -31,7 +31,8 @@ DEFAULT_METHOD = "search"
 DEFAULT_BUDGET_MS = 2000.0
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tympan match`` (its defaults are the default match)."""
     p = OneLineParser(
         prog="tympan match",
         description="Estimate the membrane parameters (f0, tau, p, D, alpha) of a recorded "
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None,
     OSError
         ``--out`` cannot be written.
     """
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if Path(args.file).is_dir():
         if on_result is not None:
             raise ValueError("--kit/--pad take one file, not a folder")
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None,
     out = check_destination(args.out) if args.out is not None else None  # before any work
     from .match import Matcher
 
-    options = _refine_options(args)
+    options = match_options(args)
     matcher = Matcher(args.model, args.device, args.nn_index, args.index)
     result = matcher.match_file(args.file, onset=args.onset, determine=args.determine,
                                 f0_hz=args.f0, **options)
@@ -143,7 +144,8 @@ def main(argv: Sequence[str] | None = None,
     return 0
 
 
-def _refine_options(args: argparse.Namespace) -> dict:
+def match_options(args: argparse.Namespace) -> dict:
+    """``Matcher.match_hit`` keyword options from parsed arguments; ValueError on a bad mix."""
     if args.budget_ms is None or not args.budget_ms > 0:
         raise ValueError(f"--budget-ms {args.budget_ms}: allowed a positive number of ms")
     if args.method in ("nn", "hybrid") and args.nn_index is None:
@@ -180,7 +182,7 @@ def _match_folder(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = Path(args.summary or f"tympan-match-{folder.resolve().name}.json")
-    options = _refine_options(args)
+    options = match_options(args)
     matcher = Matcher(args.model, args.device, args.nn_index, args.index)
     results, failed = [], []
     for path in tqdm(files, unit="file", desc="match", file=sys.stderr, dynamic_ncols=True):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .encoder import Encoder
-from .features import FeatureConfig, _spectral_kernels
+from .features import FeatureConfig, spectral_kernels
 
 __all__ = ["CQTGraph", "WaveformEncoder"]
 
@@ -72,7 +72,7 @@ class CQTGraph(nn.Module):
     def __init__(self, cfg: FeatureConfig = FeatureConfig(), group: int | None = None):
         super().__init__()
         self.cfg = cfg
-        idx, dest, vals, n_fft, fold = _spectral_kernels(cfg)
+        idx, dest, vals, n_fft, fold = spectral_kernels(cfg)
         P, Q = n_fft // fold, fold
         if P & (P - 1) or Q & (Q - 1):
             raise ValueError(f"CQT graph: hop {P} and fold {Q} must be powers of 2")

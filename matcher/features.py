@@ -107,7 +107,7 @@ def _kernels(cfg: FeatureConfig) -> tuple[np.ndarray, int, np.ndarray, np.ndarra
 
 
 @lru_cache(maxsize=8)
-def _spectral_kernels(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def spectral_kernels(cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Kernel spectra on their supports: ``(fft bins, fold destinations, values, n_fft, fold)``.
 
     Cached per configuration: building them takes seconds.
@@ -156,7 +156,7 @@ class CQTFeatures(torch.nn.Module):
     def __init__(self, cfg: FeatureConfig = FeatureConfig()):
         super().__init__()
         self.cfg = cfg
-        idx, dest, vals, self.n_fft, self.fold = _spectral_kernels(cfg)
+        idx, dest, vals, self.n_fft, self.fold = spectral_kernels(cfg)
         self.register_buffer("idx", torch.as_tensor(idx), persistent=False)
         self.register_buffer("dest", torch.as_tensor(dest), persistent=False)
         self.register_buffer("vals", torch.as_tensor(vals), persistent=False)

@@ -31,7 +31,8 @@ from synth.twin import MembraneTwin, clamp_nu
 
 from .distances import multiscale_spectral_distance
 
-__all__ = ["METHODS", "LOSSES", "Loss", "RefineMethod", "RefineResult", "refine"]
+__all__ = ["METHODS", "LOSSES", "Loss", "RefineMethod", "RefineResult", "as_loss",
+           "as_method", "refine"]
 
 
 class RefineMethod(str, Enum):
@@ -52,6 +53,22 @@ METHODS = tuple(m.value for m in RefineMethod)
 LOSSES = tuple(m.value for m in Loss)
 
 
+def as_method(method: RefineMethod | str) -> RefineMethod:
+    """``method`` as a :class:`RefineMethod`; ValueError naming the allowed ones."""
+    try:
+        return RefineMethod(method)
+    except ValueError:
+        raise ValueError(f"refine method {method!r}: allowed {', '.join(METHODS)}") from None
+
+
+def as_loss(loss: Loss | str) -> Loss:
+    """``loss`` as a :class:`Loss`; ValueError naming the allowed ones."""
+    try:
+        return Loss(loss)
+    except ValueError:
+        raise ValueError(f"refine loss {loss!r}: allowed {', '.join(LOSSES)}") from None
+
+
 @dataclass
 class RefineResult:
     """Outcome of :func:`refine`.
@@ -62,8 +79,8 @@ class RefineResult:
     """
 
     nu: np.ndarray
-    method: str
-    loss: str
+    method: RefineMethod
+    loss: Loss
     start: float
     best: float
     iterations: int
@@ -71,8 +88,9 @@ class RefineResult:
     history: list[float] = field(default_factory=list)
 
 
-def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method: str = "adam",
-           loss: str = "mss", budget_ms: float = 1000.0,
+def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *,
+           method: RefineMethod | str = RefineMethod.ADAM, loss: Loss | str = Loss.MSS,
+           budget_ms: float = 1000.0,
            phi: Callable[[torch.Tensor], torch.Tensor] | None = None, lr: float = 0.01,
            max_iter: int = 500) -> RefineResult:
     """Refine ``nu0`` towards ``target``.
@@ -101,23 +119,19 @@ def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method:
     ValueError
         Unknown method or loss, a non-positive budget, a missing ``phi``.
     """
-    if method not in METHODS:
-        raise ValueError(f"refine method {method!r}: allowed {', '.join(METHODS)}")
-    if loss not in LOSSES:
-        raise ValueError(f"refine loss {loss!r}: allowed {', '.join(LOSSES)}")
-    method, loss = RefineMethod(method).value, Loss(loss).value
+    method, loss = as_method(method), as_loss(loss)
     if not budget_ms > 0:
         raise ValueError(f"refine budget {budget_ms!r} ms: allowed a positive number of ms")
-    if (method == "lm" or loss == "jtfs") and phi is None:
+    if (method is RefineMethod.LM or loss is Loss.JTFS) and phi is None:
         raise ValueError("JTFS refinement needs phi (the JTFS feature map)")
     t0 = time.perf_counter()
     deadline = t0 + budget_ms / 1e3
     start = torch.as_tensor(np.asarray(nu0, dtype=np.float64), dtype=torch.float32,
                             device=target.device)[None]
     start = clamp_nu(start)
-    if method == "lm":
+    if method is RefineMethod.LM:
         nu, hist, iters = _lm(start, target, twin, phi, deadline, max_iter)
-        used = "jtfs"
+        used = Loss.JTFS
     else:
         nu, hist, iters = _adam(start, target, twin, phi, loss, deadline, max_iter, lr)
         used = loss
@@ -127,10 +141,10 @@ def refine(nu0: np.ndarray, target: torch.Tensor, twin: MembraneTwin, *, method:
                         history=hist)
 
 
-def _adam(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, loss: str,
+def _adam(start: torch.Tensor, target: torch.Tensor, twin: MembraneTwin, phi, loss: Loss,
           deadline: float, max_iter: int, lr: float) -> tuple[np.ndarray, list[float], int]:
     tgt = target[None]
-    if loss == "jtfs":
+    if loss is Loss.JTFS:
         with torch.no_grad():
             tgt_phi = phi(tgt)
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from pedalboard.io import AudioFile
 
+from matcher.search import Source
+
 REPO = Path(__file__).resolve().parents[1]
 HIT = ["--f0", "120", "--tau", "0.3", "--p", "0.01", "--D", "0.02", "--alpha", "0.8"]
 
@@ -159,7 +161,7 @@ def test_demo_writes_the_showcase_and_plays_the_matched_examples(tmp_path):
         row = next(line for line in table if line.startswith(f"{name} "))
         assert float(row.split()[1]) == pytest.approx(pad.params.f0, abs=0.05)
         # The search's winner, and the generator's fundamental within a semitone.
-        assert row.split()[9] in ("index", "encoder", "pitch", "local", "encoder+pitch"), row
+        assert row.split()[9] in tuple(s.value for s in Source if s is not Source.NN), row
         assert abs(12 * np.log2(pad.params.f0 / EXAMPLE_F0[name])) < 1.0, (name, row)
         audio, sr = read(out / f"matched-{name}.wav")
         assert sr == 48000 and 0.5 < np.abs(audio).max() <= 0.9 + 1e-4

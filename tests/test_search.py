@@ -21,9 +21,10 @@ import torch
 
 from matcher.jtfs import JTFSConfig
 from matcher.pitch import estimate_f0
-from matcher.search import (SEMITONE_NU, Candidate, Source, choose, in_tune, local_step,
-                            nu_of_f0, pitch_candidates, rerank)
+from matcher.search import (MSS_WEIGHT, SEMITONE_NU, Candidate, Source, choose, f0_nudges,
+                            in_tune, local_step, nu_of_f0, pitch_candidates, rerank)
 from matcher.sound_index import SoundIndex, build_dense, dense_points
+from synth.params import nu_to_theta
 from synth.twin import MembraneTwin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,15 +181,52 @@ def test_rerank_finds_the_true_best_of_the_candidates():
         rerank([], target_phi, None, None)
 
 
-def test_choose_prefers_the_in_tune_candidate_within_the_margin():
-    f0 = 200.0
-    tuned = np.array([nu_of_f0(f0), 0, 0, 0, 0])
-    off = np.array([nu_of_f0(f0 * 1.5), 0, 0, 0, 0])
-    ranked = [Candidate(off, Source.INDEX, 9.0), Candidate(tuned, Source.PITCH, 10.0)]
-    assert choose(ranked, f0, margin=0.4).source is Source.PITCH     # 10 % closer: not enough
-    assert choose(ranked, None, margin=0.4).source is Source.INDEX   # no f0: the closest
-    far = [Candidate(off, Source.INDEX, 5.0), Candidate(tuned, Source.PITCH, 10.0)]
-    assert choose(far, f0, margin=0.4).source is Source.INDEX        # 50 % closer: it wins
+def test_choose_weighs_jtfs_and_mss_each_relative_to_the_best():
+    w = MSS_WEIGHT
+    a = Candidate(np.zeros(5), Source.INDEX, jtfs=9.0, mss=2.0)
+    b = Candidate(np.ones(5) * 0.1, Source.PITCH, jtfs=10.0, mss=1.5)
+    score = lambda c, j0, m0: c.jtfs / j0 + w * c.mss / m0          # noqa: E731
+    assert score(b, 9.0, 1.5) < score(a, 9.0, 1.5)
+    assert choose([a, b]) is b            # closer in MSS by more than it loses in JTFS
+    b.mss = 1.99                          # now a is as close in MSS: the JTFS decides
+    assert score(a, 9.0, 1.99) < score(b, 9.0, 1.99)
+    assert choose([a, b]) is a and choose([b, a]) is a
+    # Without MSS distances (NaN), the closest in JTFS.
+    c = Candidate(np.ones(5) * 0.2, Source.LOCAL, jtfs=8.0)
+    assert choose([a, b, c]) is c
+    with pytest.raises(ValueError, match="no candidate"):
+        choose([])
+
+
+def test_rerank_sets_the_mss_distance_as_the_metric_computes_it():
+    from matcher.distances import multiscale_spectral_distance
+    from matcher.jtfs import JTFS
+
+    twin = MembraneTwin(SR, 8192)
+    jtfs = JTFS(CFG)
+    target = twin.from_nu(torch.tensor([[0.1, -0.2, 0.3, -0.4, 0.5]], dtype=torch.float64)).float()
+    cands = [Candidate(np.array(v), Source.INDEX) for v in
+             ([0.0, 0.0, 0.0, 0.0, 0.0], [0.1, -0.2, 0.3, -0.4, 0.5], [0.5, 0.5, 0.5, 0.5, 0.5])]
+    ranked = rerank(cands, jtfs.phi(target), lambda nu: twin.from_nu(nu).float(), jtfs.phi, target)
+    assert ranked[0] is cands[1] and ranked[0].mss < 1e-3 and ranked[0].jtfs < 1e-3
+    for c in cands:                     # each on its own, by the metric's own function
+        x = twin.from_nu(torch.as_tensor(c.nu)[None]).float()
+        assert c.mss == pytest.approx(float(multiscale_spectral_distance(x, target)), rel=1e-4,
+                                      abs=1e-6)
+
+
+def test_f0_nudges_move_f0_only_half_a_semitone_and_stay_in_range():
+    nu = np.array([0.2, 0.1, -0.3, 0.4, -0.5])
+    up, down = f0_nudges(nu)
+    assert up[0] - nu[0] == pytest.approx(0.5 * SEMITONE_NU) and down[0] - nu[0] == pytest.approx(
+        -0.5 * SEMITONE_NU)
+    np.testing.assert_array_equal(up[1:], nu[1:])
+    np.testing.assert_array_equal(down[1:], nu[1:])
+    hz = [float(nu_to_theta(x)[0]) for x in (down, nu, up)]
+    assert 1200 * np.log2(hz[2] / hz[1]) == pytest.approx(50.0, abs=0.01)   # cents
+    assert 1200 * np.log2(hz[1] / hz[0]) == pytest.approx(50.0, abs=0.01)
+    top = f0_nudges(np.array([1.0, 0, 0, 0, 0]))
+    assert top[0][0] == 1.0 and top[1][0] < 1.0
 
 
 def test_the_local_step_recovers_a_point_between_index_sounds():
@@ -202,3 +240,6 @@ def test_the_local_step_recovers_a_point_between_index_sounds():
                      lam=1e-6)
     nearest = nu[np.argmin(np.linalg.norm(nu @ a - truth @ a, axis=1))]
     assert np.abs(got - truth).max() < 0.5 * np.abs(nearest - truth).max()
+    # The default centre is the index's nearest sound to the target.
+    np.testing.assert_allclose(local_step(index, torch.as_tensor(truth @ a, dtype=torch.float32)[None],
+                                          m=32, lam=1e-6, center=nearest), got)

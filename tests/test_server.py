@@ -23,6 +23,7 @@ import pytest
 import requests
 from pedalboard.io import AudioFile
 
+from matcher.search import Source
 from synth.params import NAMES
 
 from serving import REPO, Served, wait_for, wav_bytes
@@ -114,7 +115,7 @@ def test_upload_matches_pushes_to_the_pad_and_draws_the_preview(served):
         assert len(pic["spec"]) == 120 and all(0 <= v <= 255 for row in pic["spec"] for v in row)
     # Stage 2: the default match (search) replaced it on the pad; the state keeps both.
     assert state["stage"] == "refined" and state["fast_theta"] == pad["params"]
-    assert state["estimate"] in ("encoder", "index", "local", "pitch", "encoder+pitch")
+    assert state["estimate"] in tuple(s.value for s in Source if s is not Source.NN)
     now = served.get("/api/pads/45").json()
     assert now["params"] == state["theta"]
     # The refinement is no undo step of its own: undo goes back to before the upload.
