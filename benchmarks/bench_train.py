@@ -8,7 +8,10 @@ table written for the benchmark's cells: the step's cost does not depend on
 the values); its one-off precompute is measured by ``bench_jtfs.py``.
 
 Epoch time = step time x steps per epoch of the full training split at this
-batch size (extrapolated, not run). Prints a table and the ratios PNP/P and
+batch size (extrapolated, not run). Each step is also cut into the phases of
+``Run.train_step`` (batch: render, augment, CQT features, M; forward; loss;
+backward; optimizer), with the CQT front end timed apart on the same batch,
+so the table says where the time goes. Prints a table and the ratios PNP/P and
 JTFS/PNP (the published claim: PNP costs about what P-loss costs and is about
 100x faster than DDSP with JTFS); writes JSON.
 
@@ -18,6 +21,7 @@ JTFS/PNP (the published claim: PNP costs about what P-loss costs and is about
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -29,6 +33,7 @@ import numpy as np
 from _common import ROOT, machine_base, write_json
 
 LOSSES = ("p", "pnp", "mss", "jtfs")
+PHASES = ("batch", "forward", "loss", "backward", "optimizer")   # Run.train_step's
 
 
 def _metric_file(cfg, dirname: Path) -> None:
@@ -67,16 +72,40 @@ def time_loss(loss: str, batch: int, steps: int, device: str, tmp: Path) -> dict
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     run.train_step(batches[0])           # warm-up: allocations, kernel caches
     sync()
-    times = []
+    times, phases = [], {name: [] for name in PHASES}
+
+    @contextlib.contextmanager
+    def clock(name: str):
+        sync()
+        t = time.perf_counter()
+        yield
+        sync()
+        phases[name].append(time.perf_counter() - t)
+
     for ids in batches[1:steps + 1]:
         t0 = time.perf_counter()
-        run.train_step(ids)
+        run.train_step(ids, clock)
         sync()
         times.append(time.perf_counter() - t0)
+    # The CQT front end's share of "batch": the same features of one rendered batch.
+    with torch.no_grad():
+        audio = run.renderer.twin.from_nu(torch.as_tensor(
+            cfg.data.protocol.nu(batches[1]), device=run.device)).float()
+        run.renderer.features(audio)
+        cqt = []
+        for _ in range(steps):
+            sync()
+            t = time.perf_counter()
+            run.renderer.features(audio)
+            sync()
+            cqt.append(time.perf_counter() - t)
     per_epoch = 82224 // batch        # full reference training split
     step = float(np.median(times))
+    phase_s = {name: float(np.median(v)) for name, v in phases.items()}
+    phase_s["cqt_in_batch"] = float(np.median(cqt))
     return {"loss": loss, "batch": batch, "steps_timed": len(times), "step_s": step,
-            "step_s_all": times, "steps_per_epoch": per_epoch, "epoch_s": step * per_epoch}
+            "step_s_all": times, "samples_per_s": batch / step, "phase_s": phase_s,
+            "steps_per_epoch": per_epoch, "epoch_s": step * per_epoch}
 
 
 def main() -> None:
@@ -117,9 +146,17 @@ def main() -> None:
     print()
     print(f"Training step, batch {args.batch}, {args.device} ({info.get('gpu', info['cpu_model'])}, "
           f"{info['threads']} threads)")
-    print(f"{'loss':6s} {'s/step':>9s} {'epoch (h, extrapolated)':>24s}")
+    print(f"{'loss':6s} {'s/step':>9s} {'samples/s':>10s} {'epoch (h, extrapolated)':>24s}")
     for r in results:
-        print(f"{r['loss']:6s} {r['step_s']:9.3f} {r['epoch_s'] / 3600:24.2f}")
+        print(f"{r['loss']:6s} {r['step_s']:9.3f} {r['samples_per_s']:10.1f} "
+              f"{r['epoch_s'] / 3600:24.2f}")
+    print("\nWhere a step's time goes, s (median per phase; batch = render the twin, "
+          "augment, CQT features, look up M; of it, the CQT alone):")
+    print(f"{'loss':6s} " + " ".join(f"{p:>10s}" for p in PHASES) + f" {'(cqt)':>10s}")
+    for r in results:
+        ph = r["phase_s"]
+        print(f"{r['loss']:6s} " + " ".join(f"{ph[p]:10.3f}" for p in PHASES)
+              + f" {ph['cqt_in_batch']:10.3f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
     write_json(args.json, doc)

@@ -17,6 +17,7 @@ Run directory ``{log.dir}/{name}``: ``config.json``, ``last.pt``, ``best.pt``,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -261,25 +262,38 @@ class Run:
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
-    def train_step(self, ids: np.ndarray) -> float:
+    def train_step(self, ids: np.ndarray, clock: Callable[[str], Any] | None = None) -> float:
+        """One optimisation step on the cells ``ids``; returns the loss.
+
+        ``clock(phase)``, when given, is entered around each phase (``batch``: render,
+        augment, CQT features and M; ``forward``; ``loss``; ``backward``;
+        ``optimizer``): ``benchmarks/bench_train.py`` times them with it.
+        """
+        phase = clock or (lambda _: contextlib.nullcontext())
         self.train_mode()
-        # Augmentation is seeded by the step and the rank: a resumed run sees the same batches.
-        batch = self.renderer(ids, augment=(self.step, self.rank))
-        nu_hat = self.predict(batch, self.net)
-        loss = self.loss(batch, nu_hat, "train")
-        if self.real is not None:
-            loss = loss + self.cfg.finetune.weight * self.real.loss(
-                self.step, lambda x: self.predict({"x": x, "nu": None}, self.net))
+        with phase("batch"):
+            # Augmentation is seeded by the step and the rank: a resumed run sees the same
+            # batches.
+            batch = self.renderer(ids, augment=(self.step, self.rank))
+        with phase("forward"):
+            nu_hat = self.predict(batch, self.net)
+        with phase("loss"):
+            loss = self.loss(batch, nu_hat, "train")
+            if self.real is not None:
+                loss = loss + self.cfg.finetune.weight * self.real.loss(
+                    self.step, lambda x: self.predict({"x": x, "nu": None}, self.net))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {loss.item()} (diverged); lower "
                                      "[optim] lr or enable grad_clip, then resume")
         for g in self.opt.param_groups:
             g["lr"] = self.lr()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.opt.step()
+        with phase("backward"):
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("optimizer"):
+            if self.cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.opt.step()
         self.step += 1
         return float(loss.detach())
 
