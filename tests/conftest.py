@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pytest
@@ -224,3 +225,16 @@ def midi_sender(jack_server: JackServer) -> Iterator[Callable[..., MidiSender]]:
     yield make
     for sender in made:
         sender.close()
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> Path:
+    """A 64-sound PCA index (6 dims) at 8192 samples, 22050 Hz: fast to build."""
+    from dataclasses import replace
+
+    from matcher.jtfs import JTFSConfig
+    from matcher.sound_index import build_dense
+
+    out = tmp_path_factory.mktemp("index") / "small.npz"
+    build_dense(out, replace(JTFSConfig.reference(), N=8192), size=64, dims=6, progress=False)
+    return out
