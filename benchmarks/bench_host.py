@@ -293,9 +293,10 @@ def start_jack(period: int, tag: str = "", realtime: bool = False) -> JackServer
 
 
 def stop_jack(server: JackServer) -> None:
-    """Stop ``server`` (ours, by PID) and forget it."""
-    stop_process(server.process)
-    server.stop()  # its log file
+    """Stop ``server`` (ours, by PID; its log file removed) and forget it."""
+    server.stop()
+    if server.process in _CHILDREN:
+        _CHILDREN.remove(server.process)
     if server in _SERVERS:
         _SERVERS.remove(server)
 

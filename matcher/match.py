@@ -289,9 +289,8 @@ class Matcher:
                 else:
                     best = Candidate(nu, best.source)
             refined = {"method": r.method.value, "loss": r.loss.value, "start": r.start,
-                       "best": r.best,
-                       "iterations": r.iterations, "elapsed_ms": r.elapsed_ms,
-                       "started_from": best.source.value}
+                       "best": r.best, "iterations": r.iterations,
+                       "elapsed_ms": r.elapsed_ms, "started_from": best.source.value}
         same = np.allclose(best.nu, nu)
         d_jtfs = best.jtfs if same else math.nan
         d_mss = best.mss if same else math.nan
@@ -326,7 +325,9 @@ class Matcher:
 
     def estimate(self, target: torch.Tensor, method: "Method", f0: float | None,
                  deadline: float, t: dict[str, float]) -> "Estimate":
-        """The candidates of a method, re-ranked by JTFS distance where there are several.
+        """The candidates of a method, re-ranked where there are several (JTFS and MSS
+        distances; :func:`matcher.search.choose` picks the search's winner, the closest
+        in JTFS wins for ``hybrid``).
 
         Parameters
         ----------
@@ -365,7 +366,7 @@ class Matcher:
         if method is Method.NN:
             return Estimate(cands[0], cands, [], target_phi, None)
         # Re-rank as many as the budget allows, most promising first; at least the
-        # first three (index, encoder, pitch), whatever the budget.
+        # first three (search: the index's nearest and two in tune), whatever the budget.
         left = deadline - time.perf_counter() - _SCORE_RESERVE_S
         k = min(len(cands), max(3, int(left / self._phi_cost.per_sound(len(cands)))))
         with self._timer(t, "rerank"):
