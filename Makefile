@@ -11,7 +11,7 @@ TORCH  := torch==2.13.0
 SYSTEM_PACKAGES := libportaudio2 jackd2 hydrogen-data sonic-pi-samples chromium-headless-shell
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train bench-match eval-match eval-real bench-server bench-shutdown default-onnx default-index gpu-wheels campaign-smoke clean
+.PHONY: install system-packages demo test bench bench-host bench-jtfs bench-train bench-match eval-match eval-real bench-server bench-shutdown train-default default-onnx default-index gpu-wheels campaign-smoke clean
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ bench-train: install
 # Matching time per file (encoder-only, refinement; model load apart).
 bench-match: install
 	$(PY) benchmarks/bench_match.py
+
+# Retrain the shipped default model end to end and install it in matcher/models/
+# (configs/default-cpu.toml, then configs/default-finetune.toml on recorded hits, the
+# test-split score, the export with ONNX; resumable: run it again after a stop).
+train-default: install
+	$(PY) tympan_cli.py train default --install
 
 # (Re)build the shipped dense sound index of `tympan match`'s default search: 20480 Sobol
 # points, the PCA of their JTFS (~1.5 h on 2 CPU cores; resumable: shards in

@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                      "check a split's metric shards and merge them into one file"),
     "fit": ("training.trainer", "fit_main",
             "train the encoder from a run file (P, PNP, MSS or JTFS loss; DDP; resumable)"),
+    "default": ("training.default_recipe", "default_main",
+                "retrain the shipped default model end to end (resumable; --install ships it)"),
     "evaluate": ("training.evaluate", "evaluate_main",
                  "JTFS / spectral distances and parameter errors of a checkpoint on a split"),
     "export": ("training.model_export", "export_main",

@@ -15,6 +15,7 @@ existing artifact, e.g. the shipped default (``make default-onnx``).
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +57,24 @@ def _one_line(err: Exception) -> str:
     return first
 
 
+def _finite_or_none(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _lineage(init: str) -> dict[str, Any] | None:
+    """The training record of the model a run started from (``[finetune] init``),
+    so that an artifact says everything that made it: losses, data, epochs, seconds."""
+    if not init:
+        return None
+    from matcher.model import MatcherModel
+
+    try:
+        info = MatcherModel.load(init, backend="torch").info
+    except (OSError, ValueError):
+        return {"path": init, "missing": True}
+    return {"path": init, **info.get("training", {})}
+
+
 def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
            half: bool = False, onnx: bool = False) -> Path:
     """Write the artifact of checkpoint ``ckpt`` to ``out``; returns ``out``.
@@ -88,7 +107,9 @@ def export(ckpt: str | Path, out: str | Path, metrics: str | Path | None = None,
                         "scale": p.scale, "description": p.description} for p in PARAMS],
         "features": cfg.features.to_dict(),
         "training": {"config": cfg.to_dict(), "step": ck["step"], "epoch": ck["epoch"],
-                     "best": ck["best"], "checkpoint": ckpt.name},
+                     "best": ck["best"], "checkpoint": ckpt.name,
+                     "seconds": _finite_or_none(ck.get("seconds")),
+                     "init": _lineage(cfg.finetune.init)},
         "test_metrics": test_metrics,
         "versions": _versions(),
     }

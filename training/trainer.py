@@ -201,6 +201,7 @@ class Run:
             # start from the shipped model's weights.
             self._init_from(cfg.finetune.init)
         self.step, self.epoch, self.next_batch, self.best = 0, 0, 0, math.inf
+        self.seconds, self._since = 0.0, time.perf_counter()   # wall time over resumes
         self.total_steps = self._total_steps()
 
     def _init_from(self, path: str) -> None:
@@ -319,6 +320,8 @@ class Run:
     # -- checkpoints -----------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        self.seconds, self._since = self.seconds + now - self._since, now
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -330,7 +333,7 @@ class Run:
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "damping": self.damping.state_dict(), "step": self.step, "epoch": self.epoch,
                 "next_batch": self.next_batch, "best": self.best, "world": self.world,
-                "rng": rngs, "versions": {"torch": str(torch.__version__)}}
+                "rng": rngs, "seconds": self.seconds, "versions": {"torch": str(torch.__version__)}}
 
     def save(self, name: str) -> None:
         state = self.state()       # every rank joins the RNG gather
@@ -349,6 +352,7 @@ class Run:
         self.damping.load_state_dict(ck["damping"])
         self.step, self.epoch = ck["step"], ck["epoch"]
         self.next_batch, self.best = ck["next_batch"], ck["best"]
+        self.seconds, self._since = ck.get("seconds", math.nan), time.perf_counter()
         rng = ck["rng"][self.rank]
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
@@ -413,7 +417,7 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
         bar = tqdm(total=run.total_steps, initial=run.step, unit="step", desc=cfg.name,
                    disable=not (cfg.log.progress and rank == 0), dynamic_ncols=True, file=sys.stderr)
         t0 = time.perf_counter()
-        done = run.step >= run.total_steps
+        done = finished = run.step >= run.total_steps   # resuming a finished run: no-op
         while not done and run.epoch < cfg.optim.epochs:
             for i, ids in run.train.epoch_batches(run.epoch, rank, world, start=run.next_batch):
                 loss = run.train_step(ids)
@@ -445,7 +449,7 @@ def _run(cfg: TrainConfig, rank: int, world: int, local_rank: int, resume: bool,
                     run.best = monitored
                     run.save("best.pt")
             run.save("last.pt")
-        if not math.isfinite(run.best):
+        if not math.isfinite(run.best) and not finished:
             # no validation yet (stopped by max_steps): its best is its last
             run.save("best.pt")
         bar.close()
