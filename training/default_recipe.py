@@ -19,7 +19,6 @@ export newer than its checkpoint is kept. Run it again after Ctrl-C.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -66,18 +65,19 @@ def export_path(cfg: TrainConfig) -> Path:
     return cfg.run_dir / f"{cfg.name}.tympan"
 
 
+def _stale(out: Path, source: Path) -> bool:
+    """Whether ``out`` is missing or older than the ``source`` it is made from."""
+    return not out.exists() or out.stat().st_mtime < source.stat().st_mtime
+
+
 def _fit_stage(cfg: TrainConfig) -> Path:
+    """Train (or resume, or find finished) one stage; returns its ``best.pt``."""
     from .trainer import fit
 
     last = cfg.run_dir / "last.pt"
     _say(f"stage {cfg.name}: " + ("resuming " + str(last) if last.exists() else "training"))
     fit(cfg, resume=last.exists())
-    best = cfg.run_dir / "best.pt"
-    out = export_path(cfg)
-    if not out.exists() or out.stat().st_mtime < best.stat().st_mtime:
-        from .model_export import export
-        export(best, out)
-    return out
+    return cfg.run_dir / "best.pt"
 
 
 def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None,
@@ -102,17 +102,19 @@ def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     cfgs = stage_configs(stages, runs)
-    for cfg in cfgs[:-1]:
-        _fit_stage(cfg)
+    for cfg, following in zip(cfgs, cfgs[1:] + [None]):
+        best = _fit_stage(cfg)
+        if following is not None:       # the next stage starts from this one's export
+            init = Path(following.finetune.init)
+            if _stale(init, best):
+                export(best, init)
     last = cfgs[-1]
-    _fit_stage(last)
-    best = last.run_dir / "best.pt"
     report = report_stem(best, "test").with_suffix(".json")
-    if not report.exists() or report.stat().st_mtime < best.stat().st_mtime:
+    if _stale(report, best):
         _say(f"scoring {best} on the test split")
         evaluate(best, "test", eval_limit, plot=False)
     out = Path(last.log.dir) / "default-recipe" / "default.tympan"
-    if not out.exists() or out.stat().st_mtime < report.stat().st_mtime:
+    if _stale(out, report):
         export(best, out, report, onnx=True)
     s = json.loads(report.read_text())
     _say(f"{out}: test JTFS mean {s['jtfs_distance']['mean']:.3f} over {s['n_sounds']} "
@@ -124,7 +126,6 @@ def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None
         dest.parent.mkdir(parents=True, exist_ok=True)
         for src, dst in ((out, dest), (onnx_path(out), onnx_path(dest))):
             atomic_write(dst, lambda f, src=src: f.write(src.read_bytes()))
-            shutil.copymode(src, dst)
         _say(f"installed as {dest}")
     return out
 
