@@ -65,7 +65,10 @@ def test_a_missing_hit_names_its_package(tmp_path):
 
 
 @pytest.mark.parametrize("table, message", [
-    ("weight = 0", "weight = 0: allowed a positive number"),
+    ("weight = -1", "weight = -1: allowed a number >= 0"),
+    ("weight = 0", "weight = 0 leaves nothing to learn"),
+    ("teacher_weight = 'a'", "teacher_weight = 'a': allowed a number >= 0"),
+    ("teacher = 3", "hits, init and teacher are paths"),
     ("batch = 0", "batch = 0: allowed integers >= 1"),
     ("distance = 'l2'", "distance = 'l2': allowed 'mss', 'jtfs'"),
     ("hit = 'x'", "unknown keys ['hit']"),
@@ -113,7 +116,9 @@ def test_the_perceptual_term_is_in_the_step_and_descends_in_nu(tmp_path):
     with torch.no_grad():
         batch = run.renderer(ids, augment=(0, 0))
         sup = p_loss(run.predict(batch, run.net), batch["nu"])
-        real = run.real.loss(0, lambda x: run.predict({"x": x, "nu": None}, run.net))
+        idx = run.real.batch(0)
+        nu_real = run.predict({"x": run.real.x["finetune"][idx], "nu": None}, run.net)
+        real = run.real.distance(nu_real, run.real.audio["finetune"][idx])
     torch.manual_seed(5)
     assert run.train_step(ids) == pytest.approx(float(sup + 20.0 * real), rel=1e-4)
     # Its gradient leads somewhere: descending it in nu (the encoder's output) from the
@@ -178,3 +183,87 @@ def test_fine_tuning_keeps_batch_norm_statistics_unless_told_not_to(tmp_path):
         run.train_step(run.train.ids[:4])
         same = all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))
         assert same == freeze
+
+
+def write_teacher(path: Path, names: list[str], nu: np.ndarray) -> Path:
+    np.savez(path, names=np.array(names), nu=nu.astype(np.float32))
+    return path
+
+
+def test_the_teacher_term_is_the_p_loss_to_the_labels_of_the_drawn_hits(tmp_path):
+    from training.trainer import Run
+
+    hits = four_hits(tmp_path)
+    names = [f"GMRockKit/{n}" for n in ("Kick-Hardest.wav", "Kick-Softest.wav",
+                                         "Snare-Hardest.wav", "Snare-Softest.wav")]
+    labels = np.random.default_rng(3).uniform(-0.9, 0.9, (4, 5))
+    # Stored in another order, with an extra row: read back by name.
+    order = [2, 0, 3, 1]
+    teacher = write_teacher(tmp_path / "t.npz", [names[i] for i in order] + ["x/y.wav"],
+                            np.concatenate([labels[order], np.zeros((1, 5))]))
+    for weight in (0.0, 3.0):
+        run = Run(tiny(tmp_path, hits=str(hits), batch=3, weight=weight, teacher=str(teacher),
+                       teacher_weight=2.5), 0, 1, torch.device("cpu"))
+        run.model.eval()
+        predict = lambda x: run.predict({"x": x, "nu": None}, run.model)  # noqa: E731
+        with torch.no_grad():
+            idx = run.real.batch(7)
+            nu_hat = predict(run.real.x["finetune"][idx]).numpy()
+            want = 2.5 * 0.5 * ((nu_hat - labels[idx]) ** 2).sum(-1).mean()
+            if weight:
+                want += weight * float(run.real.distance(torch.as_tensor(nu_hat),
+                                                         run.real.audio["finetune"][idx]))
+            assert float(run.real.loss(7, predict)) == pytest.approx(want, rel=1e-5)
+
+
+def test_distilling_the_teacher_brings_the_encoder_to_its_labels(tmp_path):
+    from training.trainer import Run
+
+    hits = four_hits(tmp_path)
+    names = [f"GMRockKit/{n}" for n in ("Kick-Hardest.wav", "Kick-Softest.wav",
+                                         "Snare-Hardest.wav", "Snare-Softest.wav")]
+    labels = np.array([[0.5, -0.5, 0.2, 0.1, -0.3]] * 4)
+    teacher = write_teacher(tmp_path / "t.npz", names, labels)
+    cfg = tiny(tmp_path, hits=str(hits), batch=4, weight=0.0, teacher=str(teacher),
+               teacher_weight=50.0)
+    run = Run(replace(cfg, optim=replace(cfg.optim, lr=3e-3)), 0, 1, torch.device("cpu"))
+
+    def gap() -> float:
+        run.model.eval()
+        with torch.no_grad():
+            nu = run.predict({"x": run.real.x["finetune"], "nu": None}, run.model).numpy()
+        return float(np.abs(nu - labels).mean())
+
+    start = gap()
+    for _ in range(15):
+        run.train_step(run.train.ids[:4])
+    # The encoder moved most of the way to the labels of the hits it was shown.
+    assert gap() < 0.5 * start
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "no such file"),
+    (lambda p: p.write_text("not npz"), "not a teacher file"),
+    (lambda p: write_teacher(p, ["GMRockKit/Kick-Hardest.wav"], np.zeros((1, 5))),
+     "3 fine-tuning hits have no label (first: GMRockKit/Kick-Softest.wav)"),
+    (lambda p: np.savez(p, names=np.array(["a", "b"]), nu=np.zeros((2, 4))),
+     "nu has shape (2, 4), allowed [2, 5]"),
+    (lambda p: np.savez(p, names=np.array(["a"]), nu=np.full((1, 5), 1.5)),
+     "labels must be finite and in [-1, 1]"),
+])
+def test_bad_teacher_files_are_named(tmp_path, make, message):
+    from training.finetune import read_teacher
+
+    path = tmp_path / "t.npz"
+    if make is not None:
+        make(path)
+    names = [f"GMRockKit/{n}" for n in ("Kick-Hardest.wav", "Kick-Softest.wav",
+                                         "Snare-Hardest.wav", "Snare-Softest.wav")]
+    with pytest.raises(ValueError, match="teacher = ") as err:
+        read_teacher(path, names)
+    assert message in str(err.value)
+
+
+def test_a_teacher_needs_hits():
+    with pytest.raises(ValueError, match="teacher needs hits"):
+        FinetuneConfig(teacher="t.npz")

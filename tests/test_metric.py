@@ -328,8 +328,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
      "--out {tmp}/file/sub: cannot write there"),
     (["merge-metric", "--split", "val", "--out", "{tmp}"],
      "no metric run for split 'val' in {tmp}"),
-    (["fitt"], "unknown command 'fitt'; allowed: metric, merge-metric, fit, default, evaluate, "
-               "export, export-onnx, campaign, campaign-report, nn-index, sound-index"),
+    (["fitt"], "unknown command 'fitt'; allowed: metric, merge-metric, fit, default, teacher, "
+               "evaluate, export, export-onnx, campaign, campaign-report, nn-index, sound-index"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("not a directory")

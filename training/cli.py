@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
             "train the encoder from a run file (P, PNP, MSS or JTFS loss; DDP; resumable)"),
     "default": ("training.default_recipe", "default_main",
                 "retrain the shipped default model end to end (resumable; --install ships it)"),
+    "teacher": ("training.teacher", "teacher_main",
+                "pseudo-labels of the recorded fine-tuning hits from the match search"),
     "evaluate": ("training.evaluate", "evaluate_main",
                  "JTFS / spectral distances and parameter errors of a checkpoint on a split"),
     "export": ("training.model_export", "export_main",

@@ -10,6 +10,10 @@ estimates physical; the perceptual one pulls them towards what a microphone
 heard. The *validation* halves are only measured (``real_val`` in
 ``metrics.csv``), never trained on and never used to choose a checkpoint.
 
+A ``teacher`` adds pseudo-labels: the parameters the match search found for each
+fine-tuning hit (``tympan train teacher``, :mod:`training.teacher`), pulled into
+the encoder by the P loss, weighted by ``teacher_weight``.
+
 Hits are prepared as :func:`matcher.audio.load_hit` prepares a dragged-in file
 (onset, pre-roll, resampling, peak 1), once per run.
 """
@@ -24,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["FinetuneConfig", "RealSet", "read_real_sets", "RealHits", "DISTANCES"]
+__all__ = ["FinetuneConfig", "RealSet", "read_real_sets", "read_teacher", "RealHits", "DISTANCES"]
 
 DISTANCES = ("mss", "jtfs")
 HALVES = ("finetune", "validation")
@@ -51,6 +55,12 @@ class FinetuneConfig:
     freeze_bn : bool
         Keep batch norm in eval mode while training (its statistics stay the
         initial model's; the usual choice when fine-tuning on small batches).
+    teacher : str
+        Pseudo-labels of the fine-tuning hits (``tympan train teacher``: the match
+        search's parameters for each, an ``.npz``); "" (the default) is none.
+    teacher_weight : float
+        Weight of the P loss between the encoder's estimate of a fine-tuning hit and
+        its pseudo-label (the search distilled into the encoder).
     """
 
     hits: str = ""
@@ -59,15 +69,24 @@ class FinetuneConfig:
     distance: str = "mss"
     init: str = ""
     freeze_bn: bool = True
+    teacher: str = ""
+    teacher_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.freeze_bn, bool):
             raise ValueError(f"[finetune] freeze_bn = {self.freeze_bn!r}: allowed true or false")
-        if not isinstance(self.hits, str) or not isinstance(self.init, str):
-            raise ValueError("[finetune] hits and init are paths (strings)")
-        w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf"):
-            raise ValueError(f"[finetune] weight = {w!r}: allowed a positive number")
+        if not all(isinstance(p, str) for p in (self.hits, self.init, self.teacher)):
+            raise ValueError("[finetune] hits, init and teacher are paths (strings)")
+        for key in ("weight", "teacher_weight"):
+            w = getattr(self, key)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+                raise ValueError(f"[finetune] {key} = {w!r}: allowed a number >= 0")
+        if self.teacher and not self.hits:
+            raise ValueError("[finetune] teacher needs hits: its labels are of the hits' "
+                             "fine-tuning halves")
+        if self.hits and self.weight == 0 and not (self.teacher and self.teacher_weight > 0):
+            raise ValueError("[finetune] weight = 0 leaves nothing to learn from the hits: "
+                             "give weight > 0, or a teacher with teacher_weight > 0")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise ValueError(f"[finetune] batch = {self.batch!r}: allowed integers >= 1")
         if self.distance not in DISTANCES:
@@ -144,6 +163,42 @@ def read_real_sets(path: str | Path) -> dict[str, RealSet]:
     return sets
 
 
+def read_teacher(path: str | Path, names: list[str]) -> np.ndarray:
+    """The pseudo-labels of ``names`` (``"folder/file"``, the fine-tuning hits) from a
+    teacher file (``tympan train teacher``), in that order: ``[len(names), 5]`` nu.
+
+    Raises
+    ------
+    ValueError
+        Missing or unreadable file, a hit it does not label, labels not finite or
+        outside [-1, 1].
+    """
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = ROOT / path
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            have = [str(n) for n in z["names"]]
+            nu = np.asarray(z["nu"], dtype=np.float32)
+    except FileNotFoundError:
+        raise ValueError(f"[finetune] teacher = {path}: no such file; write it with "
+                         "'tympan train teacher'") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"[finetune] teacher = {path}: not a teacher file with names and nu "
+                         f"({err})") from None
+    if nu.ndim != 2 or nu.shape != (len(have), 5):
+        raise ValueError(f"[finetune] teacher = {path}: nu has shape {nu.shape}, allowed "
+                         f"[{len(have)}, 5] (one row per name)")
+    if not np.all(np.isfinite(nu)) or np.abs(nu).max() > 1:
+        raise ValueError(f"[finetune] teacher = {path}: labels must be finite and in [-1, 1] (nu)")
+    row = {n: i for i, n in enumerate(have)}
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise ValueError(f"[finetune] teacher = {path}: {len(missing)} fine-tuning hits have no "
+                         f"label (first: {missing[0]}); remake it for these hits")
+    return nu[[row[n] for n in names]]
+
+
 class RealHits:
     """The run's recorded hits on the training device: audio, features, distance.
 
@@ -183,6 +238,10 @@ class RealHits:
             with torch.no_grad():
                 self.x[half] = features(self.audio[half])[:, None]
             self.names[half] = [f"{p.parent.name}/{p.name}" for p in paths]
+        self.teacher: torch.Tensor | None = None
+        if cfg.teacher:
+            self.teacher = torch.as_tensor(read_teacher(cfg.teacher, self.names["finetune"]),
+                                           device=dev)
 
     def __len__(self) -> int:
         return len(self.names["finetune"])
@@ -204,9 +263,20 @@ class RealHits:
         return 0.5 * (d * d).sum(-1).mean()
 
     def loss(self, step: int, predict: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The perceptual term of ``step``: ``predict`` maps features to ``nu_hat``."""
+        """The recorded hits' term of ``step``, weighted: ``weight`` x the render-to-recording
+        distance plus ``teacher_weight`` x the P loss to the pseudo-labels (when a teacher
+        is given). ``predict`` maps features to ``nu_hat``."""
+        from .losses import p_loss
+
         idx = torch.as_tensor(self.batch(step), device=self.x["finetune"].device)
-        return self.distance(predict(self.x["finetune"][idx]), self.audio["finetune"][idx])
+        nu_hat = predict(self.x["finetune"][idx])
+        total = nu_hat.new_zeros(())
+        if self.cfg.weight > 0:       # rendering is the costly part: skipped when unweighted
+            total = total + self.cfg.weight * self.distance(nu_hat, self.audio["finetune"][idx])
+        if self.teacher is not None and self.cfg.teacher_weight > 0:
+            label = self.teacher[idx].to(nu_hat.dtype)
+            total = total + self.cfg.teacher_weight * p_loss(nu_hat, label)
+        return total
 
     @torch.no_grad()
     def score(self, predict: Callable[[torch.Tensor], torch.Tensor], chunk: int = 8

@@ -281,7 +281,7 @@ class Run:
         with phase("loss"):
             loss = self.loss(batch, nu_hat, "train")
             if self.real is not None:
-                loss = loss + self.cfg.finetune.weight * self.real.loss(
+                loss = loss + self.real.loss(
                     self.step, lambda x: self.predict({"x": x, "nu": None}, self.net))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {loss.item()} (diverged); lower "
