@@ -84,6 +84,23 @@ def test_a_tiny_recipe_runs_end_to_end_and_resumes(tmp_path):
     train_default(stages, str(runs), eval_limit=4)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # --install keeps the installed model when the new one scores more than 5 % worse
+    # on the same test cells, and says so; --force installs it anyway.
+    from training.default_recipe import _guard
+
+    models = tmp_path / "models"
+    old = model.info["test_metrics"]
+    worse = json.loads(json.dumps(old))
+    worse["jtfs_distance"]["mean"] = old["jtfs_distance"]["mean"] * 1.06
+    with pytest.raises(ValueError, match=r"not installed: .* 6\.0 % above .* same 4 cells "
+                                         r"\(allowed 5 %\).*--force"):
+        _guard(worse, models / "default.tympan", out)
+    worse["jtfs_distance"]["mean"] = old["jtfs_distance"]["mean"] * 1.04
+    _guard(worse, models / "default.tympan", out)                        # within 5 %
+    other = dict(worse, n_sounds=5, jtfs_distance={"mean": 1e9})
+    _guard(other, models / "default.tympan", out)                        # not comparable
+    _guard(worse, tmp_path / "nothing" / "default.tympan", out)          # nothing installed
+
 
 def test_bad_recipe_input_is_one_line(tmp_path, capsys):
     from training.cli import main
@@ -117,8 +134,10 @@ def test_the_shipped_default_says_what_made_it():
     m = info["test_metrics"]
     assert m["n_sounds"] == 500 and m["jtfs_distance"]["mean"] <= 1.05 * 5.17
     # The run file of stage 2 is what made it (apart from where its init came from).
+    # (The stored record is read through TrainConfig, which fills keys added since.)
     cfg = load_config(ROOT / STAGES[1]).to_dict()
+    stored = TrainConfig.from_dict(stage2).to_dict()
     for key in ("loss", "data", "optim", "augment"):
-        assert cfg[key] == stage2[key], key
+        assert cfg[key] == stored[key], key
     assert {k: v for k, v in cfg["finetune"].items() if k != "init"} == \
-        {k: v for k, v in stage2["finetune"].items() if k != "init"}
+        {k: v for k, v in stored["finetune"].items() if k != "init"}

@@ -35,6 +35,7 @@ __all__ = ["STAGES", "stage_configs", "train_default", "default_main"]
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("configs/default-cpu.toml", "configs/default-finetune.toml")
 SHIPPED = ROOT / "matcher" / "models" / "default.tympan"
+TOLERANCE = 0.05     # how much worse than the installed model --install accepts (test JTFS mean)
 
 
 def _say(msg: str) -> None:
@@ -80,8 +81,38 @@ def _fit_stage(cfg: TrainConfig) -> Path:
     return cfg.run_dir / "best.pt"
 
 
+def _guard(new: dict, dest: Path, out: Path) -> None:
+    """Refuse to replace the installed model at ``dest`` by one more than
+    :data:`TOLERANCE` worse on the same test cells (its recorded score ``new``).
+
+    One retraining is one draw: a run on another thread count or machine ends
+    elsewhere, and once ended 9 % worse in mean JTFS distance with a better
+    validation P-loss. A model whose score cannot be compared (none recorded, or
+    on other cells) is installed.
+    """
+    from matcher.model import MatcherModel
+
+    if not dest.is_file():
+        return
+    try:
+        old = MatcherModel.load(dest, backend="torch").info.get("test_metrics") or {}
+    except ValueError:               # an unreadable installed model is replaced
+        return
+    same = (old.get("split"), old.get("n_sounds")) == (new.get("split"), new.get("n_sounds"))
+    if not same or "jtfs_distance" not in old:
+        return
+    a, b = new["jtfs_distance"]["mean"], old["jtfs_distance"]["mean"]
+    if a > (1 + TOLERANCE) * b:
+        raise ValueError(
+            f"not installed: test JTFS mean {a:.3f} is {100 * (a / b - 1):.1f} % above the "
+            f"installed model's {b:.3f} on the same {new['n_sounds']} cells (allowed "
+            f"{100 * TOLERANCE:g} %). The new model is {out}; retrain with --runs DIR for "
+            "another draw, or install it anyway with --force")
+
+
 def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None,
-                  install: Path | None = None, eval_limit: int = 500, threads: int = 0) -> Path:
+                  install: Path | None = None, eval_limit: int = 500, threads: int = 0,
+                  force: bool = False) -> Path:
     """Run the recipe; returns the final ``default.tympan``.
 
     Parameters
@@ -92,6 +123,8 @@ def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None
         ``default.tympan`` and ``default.onnx`` (the shipped default: ``matcher/models``).
     eval_limit : test cells scored before the export (a seeded subset; 0: all 10000).
     threads : torch threads (0: torch's default, all cores).
+    force : install even when the model scores more than :data:`TOLERANCE` worse than
+        the installed one on the same test cells (else a ValueError, nothing installed).
     """
     import torch
 
@@ -123,6 +156,8 @@ def train_default(stages: Sequence[str | Path] = STAGES, runs: str | None = None
         from matcher.onnx_model import onnx_path
 
         dest = Path(install) / SHIPPED.name
+        if not force:
+            _guard(s, dest, out)
         dest.parent.mkdir(parents=True, exist_ok=True)
         for src, dst in ((out, dest), (onnx_path(out), onnx_path(dest))):
             atomic_write(dst, lambda f, src=src: f.write(src.read_bytes()))
@@ -138,6 +173,9 @@ def default_main(argv: Sequence[str]) -> int:
         "a stop and it continues where it was."))
     parser.add_argument("--install", action="store_true",
                         help="copy the result into matcher/models/ (the shipped default)")
+    parser.add_argument("--force", action="store_true",
+                        help="install even when more than 5 %% worse than the installed model "
+                             "on the same test cells")
     parser.add_argument("--runs", metavar="DIR", help="where runs go (default: each run file's "
                         "[log] dir, runs/)")
     parser.add_argument("--stages", nargs="+", metavar="FILE", default=list(STAGES),
@@ -150,7 +188,7 @@ def default_main(argv: Sequence[str]) -> int:
         raise ValueError("--eval-limit and --threads must be >= 0")
     try:
         out = train_default(args.stages, args.runs, SHIPPED.parent if args.install else None,
-                            args.eval_limit, args.threads)
+                            args.eval_limit, args.threads, args.force)
     except KeyboardInterrupt:
         print("\ninterrupted; continue with the same command (every stage resumes)",
               file=sys.stderr)
