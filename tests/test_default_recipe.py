@@ -34,6 +34,14 @@ def test_the_shipped_recipe_chains_its_stages():
     assert moved[1].finetune.init == "/elsewhere/default-cpu/default-cpu.tympan"
 
 
+def test_relative_stage_files_are_read_from_the_working_directory(tmp_path, monkeypatch):
+    one, _ = _tiny_stages(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert stage_configs(["one.toml"], "runs")[0].name == "one"
+    # The shipped stages are found from anywhere.
+    assert [c.name for c in stage_configs(runs="runs")] == ["default-cpu", "default-finetune"]
+
+
 def _tiny_stages(tmp_path: Path) -> list[Path]:
     from test_finetune import four_hits
 

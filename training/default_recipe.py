@@ -52,7 +52,9 @@ def stage_configs(stages: Sequence[str | Path] = STAGES, runs: str | None = None
     cfgs: list[TrainConfig] = []
     for i, path in enumerate(stages):
         path = Path(path)
-        cfg = load_config(path if path.is_absolute() else ROOT / path)
+        # A relative path is the caller's (from the working directory); the shipped
+        # stages are named from the checkout, so they are found from anywhere.
+        cfg = load_config(path if path.is_absolute() or path.exists() else ROOT / path)
         if runs is not None:
             cfg = replace(cfg, log=replace(cfg.log, dir=str(runs)))
         if i:
