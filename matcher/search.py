@@ -52,7 +52,7 @@ from .distances import multiscale_spectral_distance
 from .sound_index import SoundIndex
 
 __all__ = ["MSS_WEIGHT", "Candidate", "PhiCost", "Source", "SEMITONE_NU", "choose", "dedupe", "f0_nudges",
-           "in_tune", "local_step", "nu_of_f0", "pitch_candidates", "propose", "rerank", "settle"]
+           "local_step", "nu_of_f0", "pitch_candidates", "propose", "rerank", "settle"]
 
 # How much the MSS distance counts in :func:`choose` against the JTFS distance (1).
 MSS_WEIGHT = 2.0
@@ -233,11 +233,6 @@ def pitch_candidates(index: SoundIndex, target_phi: torch.Tensor, f0_hz: float, 
     out = nu[0].copy()
     out[:, 0] = nu_f0
     return out
-
-
-def in_tune(nu: np.ndarray, f0_hz: float, semitones: float = 1.0) -> bool:
-    """Whether the point's f0 is within ``semitones`` of ``f0_hz``."""
-    return abs(float(nu[0]) - nu_of_f0(f0_hz)) <= semitones * SEMITONE_NU + 1e-9
 
 
 def choose(ranked: list[Candidate]) -> Candidate:
