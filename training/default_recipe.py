@@ -87,10 +87,10 @@ def _guard(new: dict, dest: Path, out: Path) -> None:
     """Refuse to replace the installed model at ``dest`` by one more than
     :data:`TOLERANCE` worse on the same test cells (its recorded score ``new``).
 
-    One retraining is one draw: a run on another thread count or machine ends
-    elsewhere, and once ended 9 % worse in mean JTFS distance with a better
-    validation P-loss. A model whose score cannot be compared (none recorded, or
-    on other cells) is installed.
+    A retraining need not give back the installed model: other code, another
+    thread count or machine ends elsewhere (today's code remakes the default
+    9 % worse in mean JTFS distance, with a better validation P-loss). A model
+    whose score cannot be compared (none recorded, or on other cells) is installed.
     """
     from matcher.model import MatcherModel
 
