@@ -29,6 +29,7 @@ from synth.cli_parser import OneLineParser
 from synth.files import atomic_write
 
 from .config import TrainConfig, load_config
+from .finetune import checkout_path
 
 __all__ = ["STAGES", "stage_configs", "train_default", "default_main"]
 
@@ -51,10 +52,9 @@ def stage_configs(stages: Sequence[str | Path] = STAGES, runs: str | None = None
     """
     cfgs: list[TrainConfig] = []
     for i, path in enumerate(stages):
-        path = Path(path)
         # A relative path is the caller's (from the working directory); the shipped
         # stages are named from the checkout, so they are found from anywhere.
-        cfg = load_config(path if path.is_absolute() or path.exists() else ROOT / path)
+        cfg = load_config(checkout_path(path))
         if runs is not None:
             cfg = replace(cfg, log=replace(cfg.log, dir=str(runs)))
         if i:

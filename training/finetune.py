@@ -28,11 +28,20 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["FinetuneConfig", "RealSet", "read_real_sets", "read_teacher", "RealHits", "DISTANCES"]
+__all__ = ["FinetuneConfig", "RealSet", "checkout_path", "read_real_sets", "read_teacher",
+           "RealHits", "DISTANCES"]
 
 DISTANCES = ("mss", "jtfs")
 HALVES = ("finetune", "validation")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout_path(path: str | Path) -> Path:
+    """``path`` as given when absolute or found from the working directory, else
+    from the checkout: run files name the project's files (``configs/...``,
+    ``runs/...``) relative to it, and are run from anywhere."""
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else ROOT / path
 
 
 @dataclass(frozen=True)
@@ -135,9 +144,7 @@ def read_real_sets(path: str | Path) -> dict[str, RealSet]:
     Each table needs ``folder``, ``package`` and non-empty, disjoint ``finetune``
     and ``validation`` lists of file names.
     """
-    path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = ROOT / path
+    path = checkout_path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -173,9 +180,7 @@ def read_teacher(path: str | Path, names: list[str]) -> np.ndarray:
         Missing or unreadable file, a hit it does not label, labels not finite or
         outside [-1, 1].
     """
-    path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = ROOT / path
+    path = checkout_path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             have = [str(n) for n in z["names"]]
